@@ -1,0 +1,1 @@
+"""Data path: demo corpus, tokenizers, preprocessing into WebDataset shards, streaming loaders."""
