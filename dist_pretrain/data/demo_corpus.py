@@ -34,6 +34,7 @@ _TAIL_SECTIONS = re.compile(
     r"^==+\s*(References|Notes|Footnotes|Citations|Sources|Bibliography|Further reading|"
     r"External links|See also)\s*==+\s*$", re.M | re.I)
 _COMMENT = re.compile(r"<!--.*?-->", re.S)
+_MATH = re.compile(r"<math[^>]*>.*?</math>", re.S | re.I)  # TeX braces confuse {{...}}
 _REF = re.compile(r"<ref[^>/]*/>|<ref[^>]*>.*?</ref>", re.S | re.I)
 _TEMPLATE = re.compile(r"\{\{[^{}]*\}\}")                 # innermost {{...}}
 _TABLE = re.compile(r"\{\|(?:(?!\{\|).)*?\|\}", re.S)      # innermost {| ... |}
@@ -66,7 +67,7 @@ def clean_wikitext(text: str) -> str:
     if tail:
         text = text[:tail.start()]
     text = _COMMENT.sub("", text)
-    text = _REF.sub("", text)
+    text = _MATH.sub("", _REF.sub("", text))
     text = _sub_until_stable(_TEMPLATE, "", text)
     text = _sub_until_stable(_TABLE, "", text)
     text = _sub_until_stable(_LINK, _link_text, text)
@@ -76,7 +77,11 @@ def clean_wikitext(text: str) -> str:
     text = html.unescape(_TAG.sub("", text)).replace("\xa0", " ")
     lines = []
     for line in text.splitlines():
-        line = re.sub(r"[ \t]+", " ", line.lstrip("*#:; \t")).strip()
+        # Leftovers of unbalanced markup (a caption containing "]", "{" inside a template)
+        # are cut rather than parsed: losing a fragment beats keeping markup.
+        line = re.sub(r"[ \t]+", " ", line.split("{{")[0].lstrip("*#:; \t")).strip()
+        if line.startswith("[[") or line.endswith("]]"):
+            line = ""
         if line.startswith(("|", "!", "{", "}", "__")) or line in ("()", ""):
             line = ""
         lines.append(re.sub(r"\s+([,.;:)])", r"\1", line.replace("( ", "(").replace("(; ", "(").replace("()", "")))
