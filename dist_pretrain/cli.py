@@ -1,0 +1,51 @@
+"""``dist-pretrain`` command: train, preprocess, demo-corpus."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dist_pretrain.config import ConfigError, load_config
+
+
+def _train(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="dist-pretrain train",
+                                     description="Pretrain a model (run under torchrun / srun / mpirun)")
+    parser.add_argument("config", help="YAML config file (configs/...)")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        from dist_pretrain.train import Trainer
+
+        trainer = Trainer(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    trainer.fit()
+    from dist_pretrain.runtime import shutdown
+
+    shutdown()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    commands = {"train", "preprocess", "demo-corpus"}
+    if not argv or argv[0] not in commands:
+        print(f"usage: dist-pretrain {{{','.join(sorted(commands))}}} ...", file=sys.stderr)
+        return 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "train":
+        return _train(rest)
+    if cmd == "preprocess":
+        from dist_pretrain.data.preprocess import main as preprocess_main
+
+        return preprocess_main(rest) or 0
+    from dist_pretrain.data.demo_corpus import main as corpus_main
+
+    return corpus_main(rest) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,323 @@
+"""Run configuration: YAML files plus ``key.sub=value`` overrides, validated up front.
+
+Everything is checked before any process group starts, so a bad value costs a second,
+not a cluster allocation; every message names the key, the bad value and what would fit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work, with the reason."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    num_layers: int = Field(2, ge=1)
+    hidden_size: int = Field(128, ge=1)
+    num_attention_heads: int = Field(4, ge=1)
+    ffn_hidden_size: Optional[int] = Field(None, ge=1, description="default 4 * hidden_size")
+    seq_length: int = Field(128, ge=2)
+    max_position_embeddings: Optional[int] = Field(None, ge=1, description="default seq_length")
+    position_embedding: Literal["learned", "rope"] = "learned"
+    rotary_base: int = Field(10000, ge=1)
+    tie_embeddings: bool = True
+    hidden_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    attention_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    init_std: float = Field(0.02, gt=0.0)
+    layernorm_epsilon: float = Field(1e-5, gt=0.0)
+    recompute: Literal["none", "full", "selective"] = "none"
+    make_vocab_size_divisible_by: int = Field(128, ge=1)
+    vocab_size: Optional[int] = Field(None, ge=2, description="default: the tokenizer's")
+
+    @property
+    def ffn(self) -> int:
+        return self.ffn_hidden_size or 4 * self.hidden_size
+
+    @property
+    def max_positions(self) -> int:
+        return self.max_position_embeddings or self.seq_length
+
+
+class ParallelConfig(_Section):
+    tensor: int = Field(1, ge=1)
+    pipeline: int = Field(1, ge=1)
+    virtual_pipeline: Optional[int] = Field(None, ge=1)
+    zero_stage: int = Field(1, ge=0, le=3)
+    nproc: int = Field(1, ge=1, description="processes on this node")
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    timeout_minutes: int = Field(10, ge=1)
+
+
+class TrainConfig(_Section):
+    steps: int = Field(100, ge=1)
+    micro_batch_size: int = Field(4, ge=1)
+    global_batch_size: int = Field(8, ge=1)
+    lr: float = Field(6e-4, gt=0.0)
+    min_lr: float = Field(6e-5, ge=0.0)
+    warmup_steps: int = Field(10, ge=0)
+    decay: Literal["cosine", "linear", "constant"] = "cosine"
+    weight_decay: float = Field(0.1, ge=0.0)
+    adam_beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    adam_beta2: float = Field(0.95, ge=0.0, lt=1.0)
+    adam_eps: float = Field(1e-8, gt=0.0)
+    grad_clip: float = Field(1.0, ge=0.0, description="0 disables clipping")
+    precision: Literal["fp32", "bf16"] = "fp32"
+    log_interval: int = Field(10, ge=1)
+    eval_interval: int = Field(0, ge=0, description="0 disables validation")
+    eval_steps: int = Field(4, ge=1)
+    threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads per process")
+
+
+class DataConfig(_Section):
+    path: Optional[str] = Field(None, description="directory written by `dist-pretrain preprocess`")
+    synthetic: bool = Field(False, description="random tokens (tests only)")
+    num_workers: int = Field(1, ge=0)
+    shuffle_buffer: int = Field(1000, ge=1)
+
+
+class MonitorConfig(_Section):
+    tensorboard: bool = True
+    peak_tflops: Optional[float] = Field(
+        None, gt=0.0, description="per-device peak for MFU; default: measured GEMM peak"
+    )
+
+
+class CheckpointConfig(_Section):
+    interval: int = Field(0, ge=0, description="steps between checkpoints, 0 = never")
+
+
+class DeepSpeedConfig(_Section):
+    config: Optional[str] = Field(
+        None, description="DeepSpeed JSON passed through; must not contradict our keys"
+    )
+
+
+class Config(_Section):
+    family: Literal["gpt"] = "gpt"
+    seed: int = 1234
+    run_dir: str = "runs/default"
+    model: ModelConfig = ModelConfig()
+    parallel: ParallelConfig = ParallelConfig()
+    train: TrainConfig = TrainConfig()
+    data: DataConfig = DataConfig()
+    monitor: MonitorConfig = MonitorConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+    key, raw = item.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw != "" else None
+
+
+def _set_path(tree: dict, path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {'.'.join(path)}: {part} is a value, not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _format_validation_error(err: ValidationError, tree: dict) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            section = Config
+            for part in e["loc"][:-1]:
+                section = section.model_fields[str(part)].annotation
+            allowed = ", ".join(section.model_fields)
+            lines.append(f"unknown key {key}; valid keys here: {allowed}")
+        else:
+            lines.append(f"{key}={e.get('input')!r}: {e['msg']}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def load_config(path: Optional[str | Path] = None, overrides: list[str] = ()) -> Config:
+    """Read a YAML config (or defaults), apply ``key.sub=value`` overrides, validate fields."""
+    tree: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        tree = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
+    for item in overrides:
+        key, value = _parse_override(item)
+        _set_path(tree, key, value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, tree)) from None
+
+
+# --------------------------------------------------------------------------- cross-field checks
+
+
+def padded_vocab_size(cfg: Config, vocab_size: int) -> int:
+    """Vocab padded to ``make_vocab_size_divisible_by``, independent of the TP size.
+
+    Megatron pads to a multiple of ``divisible_by * TP``; padding independently of TP
+    keeps the embedding (and so the loss) identical across layouts.
+    """
+    m = cfg.model.make_vocab_size_divisible_by
+    return ((vocab_size + m - 1) // m) * m
+
+
+def validate(cfg: Config, world_size: int, vocab_size: Optional[int] = None) -> None:
+    """Reject combinations that cannot work, naming key, value and what would fit."""
+    m, par, tr = cfg.model, cfg.parallel, cfg.train
+    tp, pp, vpp = par.tensor, par.pipeline, par.virtual_pipeline
+    errors: list[str] = []
+
+    def err(msg: str) -> None:
+        errors.append(msg)
+
+    if world_size % (tp * pp):
+        err(
+            f"world size {world_size} is not divisible by parallel.tensor={tp} x "
+            f"parallel.pipeline={pp}; use a process count that is a multiple of {tp * pp}"
+        )
+        dp = None
+    else:
+        dp = world_size // (tp * pp)
+    if m.num_attention_heads % tp:
+        err(f"model.num_attention_heads={m.num_attention_heads} is not divisible by parallel.tensor={tp}")
+    if m.hidden_size % m.num_attention_heads:
+        err(
+            f"model.hidden_size={m.hidden_size} is not divisible by "
+            f"model.num_attention_heads={m.num_attention_heads}"
+        )
+    elif m.position_embedding == "rope" and (m.hidden_size // m.num_attention_heads) % 2:
+        err(f"model.position_embedding=rope needs an even head dim, got {m.hidden_size // m.num_attention_heads}")
+    if m.ffn % tp:
+        err(f"model.ffn_hidden_size={m.ffn} is not divisible by parallel.tensor={tp}")
+    if m.seq_length > m.max_positions:
+        err(f"model.seq_length={m.seq_length} exceeds model.max_position_embeddings={m.max_positions}")
+    chunks = pp * (vpp or 1)
+    if m.num_layers % chunks:
+        err(
+            f"model.num_layers={m.num_layers} is not divisible by parallel.pipeline={pp} x "
+            f"parallel.virtual_pipeline={vpp or 1}; use a multiple of {chunks}"
+        )
+    if vpp is not None and vpp > 1 and pp == 1:
+        err(f"parallel.virtual_pipeline={vpp} needs parallel.pipeline > 1")
+    if par.zero_stage == 3 and pp > 1:
+        err(
+            f"parallel.zero_stage=3 with parallel.pipeline={pp}: ZeRO-3 gathers parameters inside "
+            "each forward and cannot run under the pipeline schedule; use zero_stage 1 or 2 with PP"
+        )
+    if par.offload_params and par.zero_stage != 3:
+        err(f"parallel.offload_params=true needs parallel.zero_stage=3 (got {par.zero_stage})")
+    if par.offload_optimizer and par.zero_stage == 0:
+        err("parallel.offload_optimizer=true needs parallel.zero_stage >= 1")
+    if par.offload_optimizer and tr.precision == "fp32" and par.zero_stage == 3 and par.offload_params:
+        pass  # supported
+    if dp is not None:
+        per_step = tr.micro_batch_size * dp
+        if tr.global_batch_size % per_step:
+            err(
+                f"train.global_batch_size={tr.global_batch_size} is not divisible by "
+                f"train.micro_batch_size={tr.micro_batch_size} x data-parallel size {dp}; "
+                f"use a multiple of {per_step}"
+            )
+        else:
+            n_micro = tr.global_batch_size // per_step
+            if vpp and vpp > 1 and n_micro % pp:
+                err(
+                    f"interleaved pipeline (parallel.virtual_pipeline={vpp}) needs the number of "
+                    f"micro-batches ({n_micro}) to be a multiple of parallel.pipeline={pp}; "
+                    f"use train.global_batch_size={tr.micro_batch_size * dp * pp * max(1, n_micro // pp)}"
+                )
+    if tr.warmup_steps > tr.steps:
+        err(f"train.warmup_steps={tr.warmup_steps} exceeds train.steps={tr.steps}")
+    if tr.min_lr > tr.lr:
+        err(f"train.min_lr={tr.min_lr} exceeds train.lr={tr.lr}")
+    if not cfg.data.synthetic and not cfg.data.path:
+        err("data.path is not set; run `dist-pretrain preprocess ... --output DIR` and set data.path=DIR "
+            "(or data.synthetic=true for tests)")
+    if vocab_size is not None and padded_vocab_size(cfg, vocab_size) % tp:
+        err(
+            f"padded vocab {padded_vocab_size(cfg, vocab_size)} is not divisible by parallel.tensor={tp}; "
+            "raise model.make_vocab_size_divisible_by"
+        )
+    if m.recompute == "selective":
+        err("model.recompute=selective needs Transformer Engine's fused attention; use full or none")
+    if cfg.deepspeed.config and par.zero_stage == 0:
+        err("deepspeed.config is set but parallel.zero_stage=0 runs megatron's own DDP; set zero_stage >= 1")
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+# --------------------------------------------------------------------------- DeepSpeed JSON
+
+
+def deepspeed_config(cfg: Config, dp_size: int, num_microbatches: int) -> dict:
+    """DeepSpeed settings generated from our config, merged with a passed-through JSON.
+
+    A key the JSON sets that we also generate must agree, else it is an error: the two
+    sources are never combined silently.
+    """
+    tr, par = cfg.train, cfg.parallel
+    zero: dict[str, Any] = {"stage": par.zero_stage}
+    if par.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    if par.offload_params:
+        zero["offload_param"] = {"device": "cpu"}
+    generated: dict[str, Any] = {
+        # megatron's schedule drives all micro-batches of a step through one forward each
+        # and already divides the loss by their number: to DeepSpeed one step is one
+        # "micro-batch" of micro x num_microbatches samples (see engine.py).
+        "train_micro_batch_size_per_gpu": tr.micro_batch_size * num_microbatches,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": tr.global_batch_size,
+        "gradient_clipping": tr.grad_clip,
+        "bf16": {"enabled": tr.precision == "bf16"},
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if not cfg.deepspeed.config:
+        return generated
+    user = json.loads(Path(cfg.deepspeed.config).read_text())
+    merged = json.loads(json.dumps(user))
+
+    def merge(ours: dict, theirs: dict, prefix: str) -> None:
+        for key, value in ours.items():
+            name = f"{prefix}{key}"
+            if key not in theirs:
+                theirs[key] = value
+            elif isinstance(value, dict) and isinstance(theirs[key], dict):
+                merge(value, theirs[key], name + ".")
+            elif theirs[key] != value and theirs[key] != "auto":
+                raise ConfigError(
+                    f"deepspeed.config sets {name}={theirs[key]!r} but our config gives {value!r}; "
+                    "set it in one place (our config keys parallel.*/train.* generate it)"
+                )
+            else:
+                theirs[key] = value
+
+    merge(generated, merged, "")
+    return merged

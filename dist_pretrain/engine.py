@@ -1,0 +1,217 @@
+"""DeepSpeed ZeRO over the data-parallel group, driven by megatron-core's pipeline schedules.
+
+Megatron-DeepSpeed and GPT-NeoX cannot combine ZeRO-2 with pipeline parallelism
+(DeepSpeed's own ``PipelineEngine`` asserts against it). Here megatron-core's schedules
+(no pipelining, 1F1B, interleaved) run the step and DeepSpeed only reduces, shards and
+updates. The wiring, and each DeepSpeed 0.19.8 internal it relies on:
+
+* One engine owns every local model chunk (``_Chunks`` container), so there is one
+  optimizer, one global gradient norm and one clipping for all interleaved chunks.
+  Megatron sees one ``EngineChunk`` per chunk; calling it goes through
+  ``DeepSpeedEngine.forward``, which installs DeepSpeed's output backward hooks
+  (``register_output_backward_hooks``), so megatron's
+  ``torch.autograd.backward(output, grad)`` on any stage triggers ZeRO's
+  reduction (DeepSpeed's "torch-style backward", ``_support_torch_style_backward``).
+* To DeepSpeed a whole global step is one micro-batch: ``gradient_accumulation_steps``
+  is 1 and its micro-batch size is micro x num_microbatches (config.deepspeed_config).
+  Megatron already divides each micro-batch loss by their number; letting DeepSpeed
+  accumulate too would divide gradients twice.
+* DeepSpeed resets its per-backward bookkeeping (``ZeROOptimizer.clear_backward_seen_flag``,
+  i.e. ``BackwardHookStateManager.reset_for_new_step``) only in ``engine.forward``,
+  assuming forward and backward alternate. Under 1F1B a stage runs F,F,B,F,B,B: the
+  last backward then finds a stale "post-backward callback queued" flag and never
+  reduces (``KeyError: 0`` in ``averaged_gradients`` at step). We wrap
+  ``engine._backward_prologue`` to reset before every backward.
+* The same wrapper sets the accumulation boundary (``set_gradient_accumulation_boundary``):
+  False for every backward of the step but the last. ZeRO-2 reduce-scatters on every
+  backward and must know which one is final; left at DeepSpeed's default (always a
+  boundary with gas=1) its gradients are silently wrong. Counting backwards, rather
+  than following megatron's per-chunk ``no_sync_func``, keeps exactly one boundary per
+  step even with several interleaved chunks in one engine.
+* ``mpu``: DeepSpeed needs data- and model-parallel groups. megatron's
+  ``parallel_state`` lacks ``get_model_parallel_world_size``, and with no ``mpu``
+  DeepSpeed would treat tensor-parallel ranks as data parallel. ``MegatronMPU`` exposes
+  megatron's DP group and its model-parallel group (TP x PP, so the grad norm spans
+  stages); DeepSpeed counts replicated parameters on tensor-parallel rank 0 only.
+* Tied input/output embeddings on the first and last stage: their full gradients are
+  summed over megatron's embedding group after the last backward
+  (``safe_get_full_grad``/``safe_set_full_grad``); the last stage's copy is marked
+  ``ds_pipe_replicated`` so the grad norm counts it once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from megatron.core import parallel_state
+
+DEEPSPEED_VERSION = "0.19.8"
+
+
+class MegatronMPU:
+    """The ``mpu`` interface DeepSpeed expects, backed by megatron-core's parallel_state."""
+
+    get_data_parallel_group = staticmethod(parallel_state.get_data_parallel_group)
+    get_data_parallel_rank = staticmethod(parallel_state.get_data_parallel_rank)
+    get_data_parallel_world_size = staticmethod(parallel_state.get_data_parallel_world_size)
+    # megatron's "model parallel" group is tensor x pipeline
+    get_model_parallel_group = staticmethod(parallel_state.get_model_parallel_group)
+    get_tensor_model_parallel_group = staticmethod(parallel_state.get_tensor_model_parallel_group)
+    get_tensor_model_parallel_rank = staticmethod(parallel_state.get_tensor_model_parallel_rank)
+    get_tensor_model_parallel_world_size = staticmethod(
+        parallel_state.get_tensor_model_parallel_world_size
+    )
+    get_pipeline_model_parallel_group = staticmethod(parallel_state.get_pipeline_model_parallel_group)
+    get_pipeline_model_parallel_rank = staticmethod(parallel_state.get_pipeline_model_parallel_rank)
+    get_pipeline_model_parallel_world_size = staticmethod(
+        parallel_state.get_pipeline_model_parallel_world_size
+    )
+
+    @staticmethod
+    def get_model_parallel_world_size() -> int:
+        return torch.distributed.get_world_size(parallel_state.get_model_parallel_group())
+
+    @staticmethod
+    def get_model_parallel_rank() -> int:
+        return torch.distributed.get_rank(parallel_state.get_model_parallel_group())
+
+    @staticmethod
+    def get_tensor_model_parallel_src_rank() -> int:
+        return parallel_state.get_tensor_model_parallel_src_rank()
+
+
+class _Chunks(torch.nn.Module):
+    """All local pipeline chunks under one DeepSpeed engine; forward picks one."""
+
+    def __init__(self, chunks: list[torch.nn.Module]):
+        super().__init__()
+        self.chunks = torch.nn.ModuleList(chunks)
+
+    def forward(self, chunk_id: int, *args, **kwargs):
+        return self.chunks[chunk_id](*args, **kwargs)
+
+
+class EngineChunk:
+    """What megatron's schedule sees as one model chunk.
+
+    Calling it runs the chunk through the DeepSpeed engine; ``.module`` lets megatron's
+    ``get_attr_wrapped_model`` find ``set_input_tensor`` and ``config`` on the chunk.
+    """
+
+    def __init__(self, engine, chunk_id: int):
+        self.engine = engine
+        self.chunk_id = chunk_id
+        self.module = engine.module.chunks[chunk_id]
+
+    def __call__(self, *args, **kwargs):
+        return self.engine(self.chunk_id, *args, **kwargs)
+
+    def train(self, mode: bool = True):
+        self.module.train(mode)
+
+    def eval(self):
+        self.module.eval()
+
+
+def _param_groups(chunks: list[torch.nn.Module], weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay on biases and norm weights (the usual GPT recipe)."""
+    decay, no_decay = [], []
+    for chunk in chunks:
+        for name, p in chunk.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.dim() == 1 or name.endswith("bias") else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+class ZeroEngine:
+    """Megatron chunks + DeepSpeed ZeRO (stages 1-3): backward hooks, reduction, update."""
+
+    def __init__(self, chunks: list[torch.nn.Module], ds_config: dict, train_cfg, num_microbatches: int):
+        import deepspeed
+
+        self.num_chunks = len(chunks)
+        self.num_microbatches = num_microbatches
+        self._mark_tied_copies(chunks)
+        optimizer = torch.optim.AdamW(
+            _param_groups(chunks, train_cfg.weight_decay),
+            lr=train_cfg.lr,
+            betas=(train_cfg.adam_beta1, train_cfg.adam_beta2),
+            eps=train_cfg.adam_eps,
+        )
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=_Chunks(chunks), optimizer=optimizer, config=ds_config, mpu=MegatronMPU()
+        )
+        self._backwards_this_step = 0
+        self._wrap_backward_prologue()
+        self.model_chunks = [EngineChunk(self.engine, i) for i in range(self.num_chunks)]
+
+    # ------------------------------------------------------------------ DeepSpeed internals
+
+    def _wrap_backward_prologue(self) -> None:
+        engine = self.engine
+        original = engine._backward_prologue
+        per_step = self.num_chunks * self.num_microbatches
+
+        def prologue():
+            self._backwards_this_step += 1
+            engine.optimizer.clear_backward_seen_flag()
+            engine.set_gradient_accumulation_boundary(self._backwards_this_step == per_step)
+            original()
+
+        engine._backward_prologue = prologue
+
+    @staticmethod
+    def _mark_tied_copies(chunks: list[torch.nn.Module]) -> None:
+        for chunk in chunks:
+            for p in chunk.parameters():
+                if getattr(p, "shared", False):  # set by megatron on the last stage's copy
+                    p.ds_pipe_replicated = True
+
+    # ------------------------------------------------------------------ hooks for megatron
+
+    def no_sync(self):
+        """megatron's ``config.no_sync_func``: boundaries are set per backward instead."""
+        return contextlib.nullcontext()
+
+    def finalize_grads(self, model_chunks, num_tokens=None, **_: Any) -> None:
+        """megatron's ``config.finalize_model_grads_func``: sum tied embedding grads."""
+        from deepspeed.utils import safe_get_full_grad, safe_set_full_grad
+
+        if parallel_state.get_pipeline_model_parallel_world_size() == 1:
+            return
+        if not parallel_state.is_rank_in_embedding_group(ignore_virtual=True):
+            return
+        for chunk in self.engine.module.chunks:
+            inner = chunk.module if hasattr(chunk, "module") else chunk
+            if not getattr(inner, "share_embeddings_and_output_weights", False):
+                continue
+            weight = inner.shared_embedding_or_output_weight()
+            if weight is None:
+                continue
+            grad = safe_get_full_grad(weight)
+            grad = grad.clone() if grad is not None else torch.zeros_like(weight, dtype=torch.float32)
+            torch.distributed.all_reduce(grad, group=parallel_state.get_embedding_group())
+            safe_set_full_grad(weight, grad)
+
+    # ------------------------------------------------------------------ the step
+
+    def step(self, lr: float) -> float:
+        """Apply the update for this global step; returns the (pre-clip) global grad norm."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.engine.step()
+        self._backwards_this_step = 0
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def zero_grad(self) -> None:
+        """ZeRO clears its own gradients after each step."""
+
+    def train(self, mode: bool = True) -> None:
+        self.engine.train(mode)

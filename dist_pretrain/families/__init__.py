@@ -1,0 +1,16 @@
+"""Model families: each is a model builder + an objective (forward step and loss) + a collator.
+
+The training loop (``dist_pretrain.train``) is the same for all of them.
+"""
+
+from __future__ import annotations
+
+from dist_pretrain.families.base import Family
+
+
+def get_family(name: str) -> Family:
+    if name == "gpt":
+        from dist_pretrain.families.gpt import GPTFamily
+
+        return GPTFamily()
+    raise ValueError(f"unknown model family {name!r}; available: gpt")

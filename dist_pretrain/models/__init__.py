@@ -1,0 +1,1 @@
+"""Model pieces plugged into megatron-core: SDPA core attention, layer specs, builders."""

@@ -1,0 +1,204 @@
+"""The training loop, one for all model families.
+
+A family (``dist_pretrain.families``) supplies the model chunks, the forward step with
+its loss and the batches; megatron-core's pipeline schedule runs the micro-batches of a
+step (no pipelining, 1F1B or interleaved) and the engine (DeepSpeed ZeRO, or megatron's
+own DDP at ZeRO stage 0) reduces gradients and applies the AdamW update.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.transformer.module import Float16Module
+
+from dist_pretrain.config import Config, deepspeed_config, padded_vocab_size, validate
+from dist_pretrain.families import get_family
+from dist_pretrain.families.gpt import fan_out
+from dist_pretrain.models.init import init_layout_independent
+from dist_pretrain.models.megatron_config import transformer_config
+from dist_pretrain.monitor import Monitor, TimedIterator, measure_gemm_tflops, memory_gb, throughput
+from dist_pretrain.runtime import Runtime, init_distributed, seed_everything, world_size_from_env
+
+
+def learning_rate(step: int, cfg: Config) -> float:
+    """Linear warm-up to ``train.lr``, then cosine / linear decay to ``train.min_lr``."""
+    tr = cfg.train
+    if tr.warmup_steps and step <= tr.warmup_steps:
+        return tr.lr * step / tr.warmup_steps
+    if tr.decay == "constant" or tr.steps == tr.warmup_steps:
+        return tr.lr
+    progress = (step - tr.warmup_steps) / (tr.steps - tr.warmup_steps)
+    if tr.decay == "linear":
+        return tr.min_lr + (tr.lr - tr.min_lr) * (1.0 - progress)
+    return tr.min_lr + 0.5 * (tr.lr - tr.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def resolve_vocab_size(cfg: Config) -> int:
+    """Tokenizer vocab from the data manifest, unless the config sets it."""
+    if cfg.model.vocab_size:
+        return cfg.model.vocab_size
+    if cfg.data.synthetic:
+        return 512
+    from dist_pretrain.data.loader import read_manifest
+
+    return int(read_manifest(cfg.data.path)["tokenizer"]["vocab_size"])
+
+
+def build_model_chunks(cfg: Config, family, tconfig, vocab_size: int) -> list[torch.nn.Module]:
+    """This rank's pipeline chunks (several with a virtual pipeline), seed-only initial weights."""
+    vpp = parallel_state.get_virtual_pipeline_model_parallel_world_size()
+    chunks = []
+    for vp_stage in range(vpp or 1):
+        stage = vp_stage if vpp else None
+        chunks.append(family.build_chunk(
+            cfg, tconfig, vocab_size,
+            pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
+            post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
+            vp_stage=stage,
+        ))
+    init_layout_independent(chunks, cfg.seed, cfg.model.init_std, cfg.model.num_layers,
+                            family.tied_parameter_names(cfg))
+    if tconfig.bf16:
+        chunks = [Float16Module(tconfig, c) for c in chunks]
+    return chunks
+
+
+def build_engine(cfg: Config, rt: Runtime, chunks, tconfig, num_microbatches: int):
+    if cfg.parallel.zero_stage == 0:
+        from dist_pretrain.megatron_engine import MegatronDDPEngine
+
+        engine = MegatronDDPEngine(chunks, cfg.train, tconfig)
+    else:
+        from dist_pretrain.engine import ZeroEngine
+
+        ds_cfg = deepspeed_config(cfg, rt.dp, num_microbatches)
+        engine = ZeroEngine(chunks, ds_cfg, cfg.train, num_microbatches)
+    tconfig.no_sync_func = engine.no_sync
+    tconfig.finalize_model_grads_func = engine.finalize_grads
+    return engine
+
+
+def _global_loss(outputs: list[dict], key: str, rt: Runtime) -> float:
+    """Token-weighted loss of the whole global batch, known on every rank."""
+    totals = torch.zeros(2, dtype=torch.float64)
+    if parallel_state.is_pipeline_last_stage(ignore_virtual=True) and rt.tp_rank == 0:
+        for out in outputs:
+            totals += out[key].double()
+    torch.distributed.all_reduce(totals)
+    return float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")
+
+
+class Trainer:
+    def __init__(self, cfg: Config):
+        vocab = resolve_vocab_size(cfg)
+        validate(cfg, world_size_from_env(), vocab)
+        self.cfg = cfg
+        par = cfg.parallel
+        self.rt = init_distributed(par.tensor, par.pipeline, par.virtual_pipeline, par.timeout_minutes)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        seed_everything(cfg.seed)
+        self.family = get_family(cfg.family)
+        self.vocab_size = padded_vocab_size(cfg, vocab)
+        self.tconfig = transformer_config(cfg, self.rt.on_gpu)
+        self.num_microbatches = cfg.train.global_batch_size // (cfg.train.micro_batch_size * self.rt.dp)
+        chunks = build_model_chunks(cfg, self.family, self.tconfig, self.vocab_size)
+        self.num_chunks = len(chunks)
+        self.engine = build_engine(cfg, self.rt, chunks, self.tconfig, self.num_microbatches)
+        self.forward_backward = get_forward_backward_func()
+        self.monitor = Monitor(cfg.run_dir, self.rt.is_logging_rank, cfg.monitor.tensorboard,
+                               cfg.train.log_interval)
+        self.train_data = TimedIterator(self._batches("train"))
+        self.flops_per_token = self.family.flops_per_token(cfg, self.vocab_size)
+        self.peak_tflops = cfg.monitor.peak_tflops or measure_gemm_tflops(
+            torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32, self.rt.device)
+
+    def _batches(self, split: str):
+        return self.family.batches(self.cfg, split, self.rt.dp_rank, self.rt.dp,
+                                   self.cfg.train.micro_batch_size, self.cfg.seed, self.vocab_size)
+
+    def _run_schedule(self, data, forward_only: bool) -> list[dict]:
+        iterators = fan_out(data, self.num_chunks)
+        return self.forward_backward(
+            forward_step_func=self.family.forward_step,
+            data_iterator=iterators if self.num_chunks > 1 else iterators[0],
+            model=self.engine.model_chunks,
+            num_microbatches=self.num_microbatches,
+            seq_length=self.cfg.model.seq_length,
+            micro_batch_size=self.cfg.train.micro_batch_size,
+            forward_only=forward_only,
+        )
+
+    def train_step(self, step: int) -> dict[str, float]:
+        lr = learning_rate(step, self.cfg)
+        self.engine.train()
+        t0 = time.perf_counter()
+        outputs = self._run_schedule(self.train_data, forward_only=False)
+        grad_norm = self.engine.step(lr)
+        loss = _global_loss(outputs, "lm loss", self.rt)
+        step_s = time.perf_counter() - t0
+        data_wait = self.train_data.take_wait()
+        tokens = self.cfg.train.global_batch_size * self.cfg.model.seq_length
+        values = {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
+                  "time/step_s": step_s, "time/data_wait_s": data_wait,
+                  "time/data_wait_share": data_wait / step_s, "memory/peak_gb": memory_gb(self.rt.device)}
+        values.update(throughput(tokens, step_s, self.flops_per_token, self.rt.env.world_size,
+                                 self.peak_tflops))
+        return values
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        self.engine.train(False)
+        data = self._batches("valid")
+        total = torch.zeros(2, dtype=torch.float64)
+        for _ in range(self.cfg.train.eval_steps):
+            outputs = self._run_schedule(data, forward_only=True)
+            loss = _global_loss(outputs, "lm loss", self.rt)
+            total += torch.tensor([loss, 1.0], dtype=torch.float64)
+        self.engine.train(True)
+        val_loss = float(total[0] / total[1])
+        return {"val/loss": val_loss, "val/perplexity": math.exp(min(val_loss, 50.0))}
+
+    def fit(self) -> list[dict[str, Any]]:
+        cfg = self.cfg
+        history = []
+        if self.rt.is_logging_rank:
+            print(f"training {cfg.family} | TP {self.rt.tp} PP {self.rt.pp} VPP {self.rt.vpp or 1} "
+                  f"DP {self.rt.dp} | ZeRO-{cfg.parallel.zero_stage} | {cfg.train.precision} | "
+                  f"{self.num_microbatches} micro-batches of {cfg.train.micro_batch_size} | "
+                  f"{self.rt.backend} | peak {self.peak_tflops:.2f} TFLOP/s/dev", flush=True)
+        for step in range(1, cfg.train.steps + 1):
+            values = self.train_step(step)
+            if cfg.train.eval_interval and (step % cfg.train.eval_interval == 0 or step == cfg.train.steps):
+                values.update(self.evaluate())
+                if self.rt.is_logging_rank:
+                    print(f"validation at step {step}: loss {values['val/loss']:.4f} | "
+                          f"perplexity {values['val/perplexity']:.2f}", flush=True)
+            self.monitor.scalars(step, values)
+            self.monitor.console(step, cfg.train.steps, values)
+            history.append({"step": step, **values})
+        self.monitor.close()
+        if self.rt.is_logging_rank:
+            Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+            (Path(cfg.run_dir) / "history.json").write_text(json.dumps(history, indent=1))
+        return history
+
+    def parameters_by_name(self) -> dict[str, torch.Tensor]:
+        """Local parameter shards by name (tests compare them across ranks)."""
+        out = {}
+        for i, chunk in enumerate(self.engine.model_chunks):
+            for name, p in chunk.module.named_parameters():
+                out[f"{i}.{name}"] = p.detach().clone()
+        return out
+
+
+def train(cfg: Config) -> list[dict[str, Any]]:
+    return Trainer(cfg).fit()
