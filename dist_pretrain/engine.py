@@ -93,26 +93,22 @@ class _Chunks(torch.nn.Module):
         return self.chunks[chunk_id](*args, **kwargs)
 
 
-class EngineChunk:
+class EngineChunk(torch.nn.Module):
     """What megatron's schedule sees as one model chunk.
 
     Calling it runs the chunk through the DeepSpeed engine; ``.module`` lets megatron's
     ``get_attr_wrapped_model`` find ``set_input_tensor`` and ``config`` on the chunk.
+    The engine is held outside ``nn.Module`` registration (it already owns the chunk).
     """
 
     def __init__(self, engine, chunk_id: int):
-        self.engine = engine
+        super().__init__()
+        object.__setattr__(self, "_engine", engine)
         self.chunk_id = chunk_id
         self.module = engine.module.chunks[chunk_id]
 
-    def __call__(self, *args, **kwargs):
-        return self.engine(self.chunk_id, *args, **kwargs)
-
-    def train(self, mode: bool = True):
-        self.module.train(mode)
-
-    def eval(self):
-        self.module.eval()
+    def forward(self, *args, **kwargs):
+        return self._engine(self.chunk_id, *args, **kwargs)
 
 
 def _param_groups(chunks: list[torch.nn.Module], weight_decay: float) -> list[dict]:

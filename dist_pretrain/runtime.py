@@ -101,6 +101,8 @@ def init_distributed(tp: int, pp: int, vpp: int | None, timeout_minutes: int = 1
     import deepspeed
 
     deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
+    if parallel_state.model_parallel_is_initialized():  # a new layout in the same process group
+        parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=tp,
         pipeline_model_parallel_size=pp,

@@ -1,0 +1,164 @@
+"""Parallel-layout equivalence: every layout must reproduce the single-process loss curve.
+
+``python -m dist_pretrain.tools.equivalence`` launches torchrun with 1, 2 and 4 CPU
+processes (gloo), trains the tiny GPT config for a few fp32 steps in each layout from
+the same seed-only initial weights, and prints loss and grad-norm deviations from the
+one-process run. Layouts of one world size share one launch (parallel_state is rebuilt
+between them). Exit status 1 when any layout deviates by more than ``--rtol``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "gpt" / "tiny.yaml"
+
+# name -> (world size, reference variant, overrides)
+VARIANTS = {
+    "tied": [],
+    "untied": ["model.tie_embeddings=false"],
+    "clip": ["train.grad_clip=0.5"],
+}
+LAYOUTS = {
+    "TP2": (2, "tied", ["parallel.tensor=2"]),
+    "PP2": (2, "tied", ["parallel.pipeline=2"]),
+    "PP2 untied": (2, "untied", ["parallel.pipeline=2"]),
+    "PP2xVPP2": (2, "tied", ["parallel.pipeline=2", "parallel.virtual_pipeline=2"]),
+    "DP2 ZeRO-1": (2, "tied", ["parallel.zero_stage=1"]),
+    "DP2 ZeRO-2": (2, "tied", ["parallel.zero_stage=2"]),
+    "DP2 ZeRO-3": (2, "tied", ["parallel.zero_stage=3"]),
+    "DP2 ZeRO-2 clip": (2, "clip", ["parallel.zero_stage=2"]),
+    "TP2xPP2": (4, "tied", ["parallel.tensor=2", "parallel.pipeline=2"]),
+    "TP2xDP2 ZeRO-1": (4, "tied", ["parallel.tensor=2", "parallel.zero_stage=1"]),
+    "TP2xDP2 ZeRO-3": (4, "tied", ["parallel.tensor=2", "parallel.zero_stage=3"]),
+    "PP2xDP2 ZeRO-1": (4, "tied", ["parallel.pipeline=2", "parallel.zero_stage=1"]),
+    "PP2xDP2 ZeRO-2": (4, "tied", ["parallel.pipeline=2", "parallel.zero_stage=2"]),
+    "PP2xDP2 ZeRO-1 untied": (4, "untied", ["parallel.pipeline=2", "parallel.zero_stage=1"]),
+    "PP2xDP2 ZeRO-2 untied": (4, "untied", ["parallel.pipeline=2", "parallel.zero_stage=2"]),
+    "PP2xVPP2xDP2 ZeRO-2 clip": (4, "clip", ["parallel.pipeline=2", "parallel.virtual_pipeline=2",
+                                             "parallel.zero_stage=2"]),
+}
+
+
+# --------------------------------------------------------------------------- worker (torchrun)
+
+
+def _tp_replicated_max_diff(trainer) -> float:
+    """Largest difference of a TP-replicated parameter between tensor-parallel ranks."""
+    import torch
+    from megatron.core import parallel_state
+
+    group = parallel_state.get_tensor_model_parallel_group()
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    worst = torch.zeros(1, dtype=torch.float64)
+    if tp > 1:
+        for chunk in trainer.engine.model_chunks:
+            for p in chunk.module.parameters():
+                if getattr(p, "tensor_model_parallel", False):
+                    continue
+                gathered = [torch.empty_like(p) for _ in range(tp)]
+                torch.distributed.all_gather(gathered, p.detach().contiguous(), group=group)
+                for g in gathered[1:]:
+                    worst = torch.maximum(worst, (g - gathered[0]).abs().max().double().reshape(1))
+    torch.distributed.all_reduce(worst, op=torch.distributed.ReduceOp.MAX)
+    return float(worst)
+
+
+def worker(cases: list[dict], out: str, steps: int) -> None:
+    import torch
+
+    from dist_pretrain.config import load_config
+    from dist_pretrain.train import Trainer
+
+    results = {}
+    for case in cases:
+        overrides = [f"train.steps={steps}", "train.log_interval=1000", "monitor.tensorboard=false",
+                     f"parallel.nproc={int(os.environ['WORLD_SIZE'])}", "monitor.peak_tflops=1",
+                     f"run_dir={tempfile.mkdtemp()}"] + case["overrides"]
+        trainer = Trainer(load_config(CONFIG, overrides))
+        history = trainer.fit()
+        results[case["name"]] = {
+            "loss": [h["train/loss"] for h in history],
+            "grad_norm": [h["train/grad_norm"] for h in history],
+            "tp_replicated_max_diff": _tp_replicated_max_diff(trainer),
+        }
+        torch.distributed.barrier()
+    if torch.distributed.get_rank() == 0:
+        Path(out).write_text(json.dumps(results))
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def _launch(world: int, cases: list[dict], steps: int, workdir: Path) -> dict:
+    case_file, out = workdir / f"cases{world}.json", workdir / f"out{world}.json"
+    case_file.write_text(json.dumps(cases))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
+           "-m", "dist_pretrain.tools.equivalence", "--worker", str(case_file), "--out", str(out),
+           "--steps", str(steps)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"torchrun with {world} processes failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+    return json.loads(out.read_text())
+
+
+def rel_dev(a: list[float], b: list[float]) -> float:
+    return max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b))
+
+
+def run(layouts: dict, steps: int) -> tuple[dict, dict]:
+    """Reference runs (1 process) and layout runs; returns (references, results)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        variants = sorted({v for _, v, _ in layouts.values()})
+        refs = _launch(1, [{"name": v, "overrides": VARIANTS[v]} for v in variants], steps, tmp)
+        results = {}
+        for world in sorted({w for w, _, _ in layouts.values()}):
+            cases = [{"name": n, "overrides": VARIANTS[v] + o}
+                     for n, (w, v, o) in layouts.items() if w == world]
+            results.update(_launch(world, cases, steps, tmp))
+    return refs, results
+
+
+def table(layouts: dict, refs: dict, results: dict, rtol: float) -> tuple[str, bool]:
+    lines = [f"| layout | procs | loss max rel dev | grad-norm max rel dev | TP-replica max diff | ok (rtol {rtol:g}) |",
+             "|---|---|---|---|---|---|"]
+    all_ok = True
+    for name, (world, variant, _) in layouts.items():
+        r, ref = results[name], refs[variant]
+        dl, dg = rel_dev(r["loss"], ref["loss"]), rel_dev(r["grad_norm"], ref["grad_norm"])
+        ok = dl <= rtol and dg <= rtol and r["tp_replicated_max_diff"] == 0.0
+        all_ok &= ok
+        lines.append(f"| {name} | {world} | {dl:.2e} | {dg:.2e} | {r['tp_replicated_max_diff']:.1e} | "
+                     f"{'yes' if ok else 'NO'} |")
+    return "\n".join(lines), all_ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--rtol", type=float, default=1e-5)
+    parser.add_argument("--only", nargs="*", help="layout names to run (default: all)")
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(json.loads(Path(args.worker).read_text()), args.out, args.steps)
+        return 0
+    layouts = {k: v for k, v in LAYOUTS.items() if not args.only or k in args.only}
+    refs, results = run(layouts, args.steps)
+    text, ok = table(layouts, refs, results, args.rtol)
+    print(f"fp32, {args.steps} steps, tiny GPT ({CONFIG.name}), gloo on CPU; reference = 1 process\n")
+    print(text)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
