@@ -34,6 +34,10 @@ LAYOUTS = {
     "DP2 ZeRO-2": (2, "tied", ["parallel.zero_stage=2"]),
     "DP2 ZeRO-3": (2, "tied", ["parallel.zero_stage=3"]),
     "DP2 ZeRO-2 clip": (2, "clip", ["parallel.zero_stage=2"]),
+    "TP2 ZeRO-0 (megatron DDP)": (2, "tied", ["parallel.tensor=2", "parallel.zero_stage=0"]),
+    "DP2 ZeRO-0 (megatron DDP)": (2, "tied", ["parallel.zero_stage=0"]),
+    "PP2xVPP2 ZeRO-0 clip": (2, "clip", ["parallel.pipeline=2", "parallel.virtual_pipeline=2",
+                                         "parallel.zero_stage=0"]),
     "TP2xPP2": (4, "tied", ["parallel.tensor=2", "parallel.pipeline=2"]),
     "TP2xDP2 ZeRO-1": (4, "tied", ["parallel.tensor=2", "parallel.zero_stage=1"]),
     "TP2xDP2 ZeRO-3": (4, "tied", ["parallel.tensor=2", "parallel.zero_stage=3"]),
@@ -41,6 +45,7 @@ LAYOUTS = {
     "PP2xDP2 ZeRO-2": (4, "tied", ["parallel.pipeline=2", "parallel.zero_stage=2"]),
     "PP2xDP2 ZeRO-1 untied": (4, "untied", ["parallel.pipeline=2", "parallel.zero_stage=1"]),
     "PP2xDP2 ZeRO-2 untied": (4, "untied", ["parallel.pipeline=2", "parallel.zero_stage=2"]),
+    "PP2xDP2 ZeRO-0 (megatron DDP)": (4, "tied", ["parallel.pipeline=2", "parallel.zero_stage=0"]),
     "PP2xVPP2xDP2 ZeRO-2 clip": (4, "clip", ["parallel.pipeline=2", "parallel.virtual_pipeline=2",
                                              "parallel.zero_stage=2"]),
 }

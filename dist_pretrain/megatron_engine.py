@@ -1,0 +1,62 @@
+"""ZeRO stage 0: megatron-core's own DDP and optimizer (the classic Megatron-LM wiring).
+
+Gradients accumulate in megatron's contiguous fp32 grad buffers and are all-reduced
+over the data-parallel group at the end of the step (``finalize_model_grads``, which
+also sums tied embedding grads across the first and last stage); megatron's optimizer
+clips by the global norm across TP x PP and applies AdamW. Same interface as
+``engine.ZeroEngine``, so the training loop does not know which one it drives.
+"""
+
+from __future__ import annotations
+
+import torch
+from megatron.core.distributed import (
+    DistributedDataParallel,
+    DistributedDataParallelConfig,
+    finalize_model_grads,
+)
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+
+class MegatronDDPEngine:
+    def __init__(self, chunks: list[torch.nn.Module], train_cfg, tconfig):
+        ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+                                                   use_distributed_optimizer=False)
+        self.model_chunks = [
+            # megatron-LM buckets only the first chunk's grads
+            DistributedDataParallel(config=tconfig, ddp_config=ddp_config, module=chunk,
+                                    disable_bucketing=(i > 0))
+            for i, chunk in enumerate(chunks)
+        ]
+        opt_config = OptimizerConfig(
+            optimizer="adam", lr=train_cfg.lr, min_lr=train_cfg.min_lr,
+            weight_decay=train_cfg.weight_decay, adam_beta1=train_cfg.adam_beta1,
+            adam_beta2=train_cfg.adam_beta2, adam_eps=train_cfg.adam_eps,
+            clip_grad=train_cfg.grad_clip, bf16=tconfig.bf16, params_dtype=torch.float32,
+            use_distributed_optimizer=False,
+        )
+        self.optimizer = get_megatron_optimizer(opt_config, self.model_chunks)
+        self.no_sync = ([c.no_sync for c in self.model_chunks] if len(self.model_chunks) > 1
+                        else self.model_chunks[0].no_sync)
+        self.finalize_grads = finalize_model_grads
+        self.weight_decay = train_cfg.weight_decay
+        self.zero_grad()
+
+    def zero_grad(self) -> None:
+        for chunk in self.model_chunks:
+            chunk.zero_grad_buffer()
+        self.optimizer.zero_grad()
+
+    def step(self, lr: float) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+            # megatron marks biases / norms with wd_mult=0, applied by its LR scheduler,
+            # which we do not use: apply it here or they would be decayed.
+            group["weight_decay"] = self.weight_decay * group.get("wd_mult", 1.0)
+        _, grad_norm, _ = self.optimizer.step()
+        self.zero_grad()
+        return float(grad_norm) if grad_norm is not None else float("nan")
+
+    def train(self, mode: bool = True) -> None:
+        for chunk in self.model_chunks:
+            chunk.train(mode)
