@@ -19,8 +19,11 @@ def _train(argv: list[str]) -> int:
         from dist_pretrain.train import Trainer
 
         trainer = Trainer(cfg)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ConfigError, FileNotFoundError) as err:
+        from dist_pretrain.runtime import discover_launch_env
+
+        if discover_launch_env().rank == 0:  # every rank found the same problem
+            print(f"error: {err}", file=sys.stderr)
         return 2
     trainer.fit()
     from dist_pretrain.runtime import shutdown
@@ -41,10 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "preprocess":
         from dist_pretrain.data.preprocess import main as preprocess_main
 
-        return preprocess_main(rest) or 0
+        preprocess_main(rest)
+        return 0
     from dist_pretrain.data.demo_corpus import main as corpus_main
 
-    return corpus_main(rest) or 0
+    corpus_main(rest)
+    return 0
 
 
 if __name__ == "__main__":
