@@ -449,8 +449,9 @@ def test_deepspeed_passthrough_contradiction_is_an_error(tmp_path):
     assert "our config gives 1" in message          # our value
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="BUG: the contradiction message names DeepSpeed's key "
-                   "(zero_optimization.stage) but not our key parallel.zero_stage")
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "BUG: the contradiction message names DeepSpeed's key "
+    "(zero_optimization.stage) but not our key parallel.zero_stage"))
 def test_deepspeed_passthrough_contradiction_names_our_key(tmp_path):
     cfg = tiny("parallel.zero_stage=1",
                f"deepspeed.config={_ds_json(tmp_path, {'zero_optimization': {'stage': 3}})}")
@@ -499,9 +500,10 @@ def test_deepspeed_passthrough_merges_non_contradicting_keys(tmp_path):
     assert json.loads(Path(path).read_text()) == theirs  # the user's file is not rewritten
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason="BUG: validate() never reads deepspeed.config, so a "
-                   "contradicting pass-through is only found by deepspeed_config() after "
-                   "init_distributed (train.py build_engine), not before any process group starts")
+@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
+    "BUG: validate() never reads deepspeed.config, so a "
+    "contradicting pass-through is only found by deepspeed_config() after "
+    "init_distributed (train.py build_engine), not before any process group starts"))
 def test_validate_catches_deepspeed_passthrough_contradiction(tmp_path):
     cfg = tiny("parallel.zero_stage=1",
                f"deepspeed.config={_ds_json(tmp_path, {'zero_optimization': {'stage': 3}})}")
@@ -509,8 +511,9 @@ def test_validate_catches_deepspeed_passthrough_contradiction(tmp_path):
         validate(cfg, 1)
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError, reason="BUG: a missing deepspeed.config file passes validate() "
-                   "and then raises FileNotFoundError (not ConfigError) from deepspeed_config()")
+@pytest.mark.xfail(strict=True, raises=FileNotFoundError, reason=(
+    "BUG: a missing deepspeed.config file passes validate() "
+    "and then raises FileNotFoundError (not ConfigError) from deepspeed_config()"))
 def test_missing_deepspeed_json_is_a_config_error(tmp_path):
     cfg = tiny(f"deepspeed.config={tmp_path / 'missing.json'}")
     with pytest.raises(ConfigError):
@@ -518,9 +521,10 @@ def test_missing_deepspeed_json_is_a_config_error(tmp_path):
         deepspeed_config(cfg, 1, 4)
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason="BUG: keys we leave out when off (offload_param, "
-                   "offload_optimizer, fp16) are taken from the pass-through unchecked, so it can "
-                   "turn on what parallel.*/train.* turn off and bypass validate()'s ZeRO-3 rule")
+@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
+    "BUG: keys we leave out when off (offload_param, "
+    "offload_optimizer, fp16) are taken from the pass-through unchecked, so it can "
+    "turn on what parallel.*/train.* turn off and bypass validate()'s ZeRO-3 rule"))
 @pytest.mark.parametrize(
     "theirs",
     [
