@@ -230,9 +230,7 @@ def validate(cfg: Config, world_size: int, vocab_size: Optional[int] = None) -> 
     if par.offload_params and par.zero_stage != 3:
         err(f"parallel.offload_params=true needs parallel.zero_stage=3 (got {par.zero_stage})")
     if par.offload_optimizer and par.zero_stage == 0:
-        err("parallel.offload_optimizer=true needs parallel.zero_stage >= 1")
-    if par.offload_optimizer and tr.precision == "fp32" and par.zero_stage == 3 and par.offload_params:
-        pass  # supported
+        err("parallel.offload_optimizer=true needs parallel.zero_stage >= 1 (got parallel.zero_stage=0)")
     if dp is not None:
         per_step = tr.micro_batch_size * dp
         if tr.global_batch_size % per_step:
@@ -265,6 +263,11 @@ def validate(cfg: Config, world_size: int, vocab_size: Optional[int] = None) -> 
         err("model.recompute=selective needs Transformer Engine's fused attention; use full or none")
     if cfg.deepspeed.config and par.zero_stage == 0:
         err("deepspeed.config is set but parallel.zero_stage=0 runs megatron's own DDP; set zero_stage >= 1")
+    elif cfg.deepspeed.config and dp is not None and not errors:
+        try:  # the passed-through JSON is checked here, before any process group starts
+            deepspeed_config(cfg, dp, tr.global_batch_size // (tr.micro_batch_size * dp))
+        except ConfigError as e:
+            err(str(e))
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
 
@@ -272,18 +275,33 @@ def validate(cfg: Config, world_size: int, vocab_size: Optional[int] = None) -> 
 # --------------------------------------------------------------------------- DeepSpeed JSON
 
 
+# the config key that generates each DeepSpeed key (named in contradiction errors)
+_DS_SOURCE = {
+    "train_micro_batch_size_per_gpu": "train.micro_batch_size",
+    "gradient_accumulation_steps": "train.global_batch_size",
+    "train_batch_size": "train.global_batch_size",
+    "gradient_clipping": "train.grad_clip",
+    "bf16.enabled": "train.precision",
+    "fp16.enabled": "train.precision",
+    "zero_optimization.stage": "parallel.zero_stage",
+    "zero_optimization.offload_optimizer.device": "parallel.offload_optimizer",
+    "zero_optimization.offload_param.device": "parallel.offload_params",
+}
+
+
 def deepspeed_config(cfg: Config, dp_size: int, num_microbatches: int) -> dict:
     """DeepSpeed settings generated from our config, merged with a passed-through JSON.
 
     A key the JSON sets that we also generate must agree, else it is an error: the two
-    sources are never combined silently.
+    sources are never combined silently. Offload and fp16 are always generated (as
+    "none" / disabled when off) so a JSON cannot switch them on behind our checks.
     """
     tr, par = cfg.train, cfg.parallel
-    zero: dict[str, Any] = {"stage": par.zero_stage}
-    if par.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu"}
-    if par.offload_params:
-        zero["offload_param"] = {"device": "cpu"}
+    if tr.micro_batch_size * num_microbatches * dp_size != tr.global_batch_size:
+        raise ConfigError(
+            f"train.global_batch_size={tr.global_batch_size} != micro_batch_size {tr.micro_batch_size} "
+            f"x {num_microbatches} micro-batches x data-parallel size {dp_size}"
+        )
     generated: dict[str, Any] = {
         # megatron's schedule drives all micro-batches of a step through one forward each
         # and already divides the loss by their number: to DeepSpeed one step is one
@@ -293,7 +311,12 @@ def deepspeed_config(cfg: Config, dp_size: int, num_microbatches: int) -> dict:
         "train_batch_size": tr.global_batch_size,
         "gradient_clipping": tr.grad_clip,
         "bf16": {"enabled": tr.precision == "bf16"},
-        "zero_optimization": zero,
+        "fp16": {"enabled": False},
+        "zero_optimization": {
+            "stage": par.zero_stage,
+            "offload_optimizer": {"device": "cpu" if par.offload_optimizer else "none"},
+            "offload_param": {"device": "cpu" if par.offload_params else "none"},
+        },
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 10**9,
@@ -301,8 +324,15 @@ def deepspeed_config(cfg: Config, dp_size: int, num_microbatches: int) -> dict:
     }
     if not cfg.deepspeed.config:
         return generated
-    user = json.loads(Path(cfg.deepspeed.config).read_text())
-    merged = json.loads(json.dumps(user))
+    path = Path(cfg.deepspeed.config)
+    try:
+        merged = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"deepspeed.config={str(path)!r} does not exist") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"deepspeed.config={str(path)!r} is not valid JSON: {err}") from None
+    if not isinstance(merged, dict):
+        raise ConfigError(f"deepspeed.config={str(path)!r} must hold a JSON object")
 
     def merge(ours: dict, theirs: dict, prefix: str) -> None:
         for key, value in ours.items():
@@ -312,9 +342,10 @@ def deepspeed_config(cfg: Config, dp_size: int, num_microbatches: int) -> dict:
             elif isinstance(value, dict) and isinstance(theirs[key], dict):
                 merge(value, theirs[key], name + ".")
             elif theirs[key] != value and theirs[key] != "auto":
+                source = _DS_SOURCE.get(name, "parallel.*/train.*")
                 raise ConfigError(
-                    f"deepspeed.config sets {name}={theirs[key]!r} but our config gives {value!r}; "
-                    "set it in one place (our config keys parallel.*/train.* generate it)"
+                    f"deepspeed.config sets {name}={theirs[key]!r} but {source} gives {value!r}; "
+                    f"set it in one place ({source})"
                 )
             else:
                 theirs[key] = value

@@ -18,11 +18,13 @@ import torch
 
 from dist_pretrain import cpu_compat
 
+# MPI before Slurm: mpirun inside an sbatch allocation inherits the batch step's
+# SLURM_PROCID/SLURM_NTASKS, which would give every MPI rank the same rank.
 _RANK_VARS = [
     ("RANK", "WORLD_SIZE", "LOCAL_RANK"),
-    ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),
     ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
     ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
+    ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),
 ]
 
 

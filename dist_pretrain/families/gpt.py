@@ -94,7 +94,7 @@ class GPTFamily:
             dp_size=dp_size, seed=seed, num_workers=cfg.data.num_workers,
             shuffle_buffer=cfg.data.shuffle_buffer, infinite=(split == "train"),
         )
-        return iter(loader)
+        return iter(loader) if split == "train" else _full_batches_forever(loader, micro_batch_size)
 
     def flops_per_token(self, cfg: Config, vocab_size: int) -> float:
         m = cfg.model
@@ -103,6 +103,25 @@ class GPTFamily:
     @staticmethod
     def metric_names() -> list[str]:
         return ["lm loss"]
+
+
+def _full_batches_forever(loader, micro_batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Validation passes over the exactly-once loader, repeated as often as evaluation asks.
+
+    Every rank runs the same fixed number of evaluation micro-batches (no rank may stop
+    early and leave the others in a collective), and pipeline stages exchange fixed
+    shapes, so a short last batch is dropped.
+    """
+    while True:
+        produced = False
+        for batch in loader:
+            if batch["tokens"].shape[0] == micro_batch_size:
+                produced = True
+                yield batch
+        if not produced:
+            raise ValueError(f"validation split has fewer than micro_batch_size={micro_batch_size} "
+                             "samples for this data-parallel rank; lower train.micro_batch_size or "
+                             "add validation data")
 
 
 def fan_out(iterator: Iterator, n: int) -> list[Iterator]:

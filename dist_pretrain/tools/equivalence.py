@@ -24,6 +24,7 @@ VARIANTS = {
     "tied": [],
     "untied": ["model.tie_embeddings=false"],
     "clip": ["train.grad_clip=0.5"],
+    "rope": ["model.position_embedding=rope"],
 }
 LAYOUTS = {
     "TP2": (2, "tied", ["parallel.tensor=2"]),
@@ -34,11 +35,16 @@ LAYOUTS = {
     "DP2 ZeRO-2": (2, "tied", ["parallel.zero_stage=2"]),
     "DP2 ZeRO-3": (2, "tied", ["parallel.zero_stage=3"]),
     "DP2 ZeRO-2 clip": (2, "clip", ["parallel.zero_stage=2"]),
+    "DP2 ZeRO-2 offload optimizer": (2, "tied", ["parallel.zero_stage=2", "parallel.offload_optimizer=true"]),
+    "DP2 ZeRO-3 offload params+optimizer": (2, "tied", ["parallel.zero_stage=3", "parallel.offload_optimizer=true",
+                                                       "parallel.offload_params=true"]),
+    "TP2 recompute": (2, "tied", ["parallel.tensor=2", "model.recompute=full"]),
     "TP2 ZeRO-0 (megatron DDP)": (2, "tied", ["parallel.tensor=2", "parallel.zero_stage=0"]),
     "DP2 ZeRO-0 (megatron DDP)": (2, "tied", ["parallel.zero_stage=0"]),
     "PP2xVPP2 ZeRO-0 clip": (2, "clip", ["parallel.pipeline=2", "parallel.virtual_pipeline=2",
                                          "parallel.zero_stage=0"]),
     "TP2xPP2": (4, "tied", ["parallel.tensor=2", "parallel.pipeline=2"]),
+    "TP2xPP2 rope": (4, "rope", ["parallel.tensor=2", "parallel.pipeline=2"]),
     "TP2xDP2 ZeRO-1": (4, "tied", ["parallel.tensor=2", "parallel.zero_stage=1"]),
     "TP2xDP2 ZeRO-3": (4, "tied", ["parallel.tensor=2", "parallel.zero_stage=3"]),
     "PP2xDP2 ZeRO-1": (4, "tied", ["parallel.pipeline=2", "parallel.zero_stage=1"]),
@@ -75,6 +81,23 @@ def _tp_replicated_max_diff(trainer) -> float:
     return float(worst)
 
 
+def _groups_seen(trainer) -> dict:
+    """Data- and model-parallel sizes as the engine (DeepSpeed or megatron) sees them."""
+    import torch
+    from megatron.core import parallel_state
+
+    from dist_pretrain.engine import MegatronMPU, ZeroEngine
+
+    seen = {"dp": parallel_state.get_data_parallel_world_size(),
+            "mp": MegatronMPU.get_model_parallel_world_size()}
+    if isinstance(trainer.engine, ZeroEngine):
+        ds = trainer.engine.engine
+        seen["deepspeed_dp"] = ds.dp_world_size
+        seen["deepspeed_dp_group"] = torch.distributed.get_world_size(ds.optimizer.dp_process_group)
+        seen["deepspeed_mp"] = ds.mp_world_size
+    return seen
+
+
 def worker(cases: list[dict], out: str, steps: int) -> None:
     import torch
 
@@ -92,6 +115,7 @@ def worker(cases: list[dict], out: str, steps: int) -> None:
             "loss": [h["train/loss"] for h in history],
             "grad_norm": [h["train/grad_norm"] for h in history],
             "tp_replicated_max_diff": _tp_replicated_max_diff(trainer),
+            "groups": _groups_seen(trainer),
         }
         torch.distributed.barrier()
     if torch.distributed.get_rank() == 0:
