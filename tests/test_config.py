@@ -137,7 +137,7 @@ BAD = [
     ),
     pytest.param(
         ["parallel.offload_optimizer=true", "parallel.zero_stage=0"], 1, None,
-        ["parallel.offload_optimizer=true", "parallel.zero_stage >= 1"],
+        ["parallel.offload_optimizer=true", "parallel.zero_stage >= 1", "got parallel.zero_stage=0"],
         id="offload-optimizer-with-zero0",
     ),
     pytest.param(
@@ -406,75 +406,195 @@ def test_deepspeed_batch_keys(micro, global_batch, dp):
 
 
 @pytest.mark.parametrize("precision, enabled", [("bf16", True), ("fp32", False)])
-def test_deepspeed_bf16_follows_precision(precision, enabled):
+def test_deepspeed_precision_keys_follow_precision(precision, enabled):
     ds = deepspeed_config(tiny(f"train.precision={precision}"), 1, 4)
     assert ds["bf16"] == {"enabled": enabled}
-    assert "fp16" not in ds
+    # fp16 is always generated, and always off: train.precision has no fp16
+    assert ds["fp16"] == {"enabled": False}
+
+
+OFF = {"device": "none"}
+CPU = {"device": "cpu"}
 
 
 def test_deepspeed_zero_and_clipping_follow_config():
     ds = deepspeed_config(tiny("parallel.zero_stage=2", "train.grad_clip=0.5"), 1, 4)
-    assert ds["zero_optimization"] == {"stage": 2}
+    assert ds["zero_optimization"] == {"stage": 2, "offload_optimizer": OFF, "offload_param": OFF}
     assert ds["gradient_clipping"] == 0.5
 
 
-def test_deepspeed_offload_keys_only_when_set():
-    plain = deepspeed_config(tiny("parallel.zero_stage=3"), 1, 4)["zero_optimization"]
-    assert "offload_optimizer" not in plain and "offload_param" not in plain
+@pytest.mark.parametrize(
+    "overrides, offload_optimizer, offload_param",
+    [
+        (["parallel.zero_stage=1"], OFF, OFF),
+        (["parallel.zero_stage=3"], OFF, OFF),
+        (["parallel.zero_stage=2", "parallel.offload_optimizer=true"], CPU, OFF),
+        (["parallel.zero_stage=3", "parallel.offload_params=true"], OFF, CPU),
+        (["parallel.zero_stage=3", "parallel.offload_optimizer=true", "parallel.offload_params=true"],
+         CPU, CPU),
+    ],
+    ids=["zero1", "zero3", "opt", "param", "both"],
+)
+def test_deepspeed_offload_keys_always_generated(overrides, offload_optimizer, offload_param):
+    """Offload devices are always written ("none" when off) so no pass-through can fill them."""
+    zero = deepspeed_config(tiny(*overrides), 1, 4)["zero_optimization"]
+    assert zero["offload_optimizer"] == offload_optimizer
+    assert zero["offload_param"] == offload_param
 
-    opt = deepspeed_config(tiny("parallel.zero_stage=2", "parallel.offload_optimizer=true"), 1, 4)
-    assert opt["zero_optimization"]["offload_optimizer"] == {"device": "cpu"}
-    assert "offload_param" not in opt["zero_optimization"]
 
-    both = deepspeed_config(tiny("parallel.zero_stage=3", "parallel.offload_optimizer=true",
-                                 "parallel.offload_params=true"), 1, 4)
-    assert both["zero_optimization"] == {"stage": 3, "offload_optimizer": {"device": "cpu"},
-                                         "offload_param": {"device": "cpu"}}
+@pytest.mark.parametrize(
+    "micro, global_batch, dp, n_micro",
+    [
+        (2, 8, 1, 3),    # 2 x 3 x 1 = 6 != 8
+        (2, 8, 1, 5),    # 10 != 8
+        (2, 8, 2, 4),    # n_micro for DP 1 passed with DP 2: 16 != 8
+        (2, 8, 4, 4),    # 32 != 8
+        (1, 12, 3, 3),   # 9 != 12
+        (2, 8, 8, 0),    # 0 != 8
+    ],
+)
+def test_deepspeed_config_rejects_inconsistent_batch_layout(micro, global_batch, dp, n_micro):
+    """micro x num_microbatches x dp must equal the global batch, else DeepSpeed's batch is wrong."""
+    cfg = tiny(f"train.micro_batch_size={micro}", f"train.global_batch_size={global_batch}")
+    with pytest.raises(ConfigError) as info:
+        deepspeed_config(cfg, dp, n_micro)
+    message = str(info.value)
+    assert f"train.global_batch_size={global_batch}" in message
+    assert f"micro_batch_size {micro}" in message
+    assert f"{n_micro} micro-batches" in message
+    assert f"data-parallel size {dp}" in message
+    # the consistent number of micro-batches for the same layout is accepted
+    if global_batch % (micro * dp) == 0:
+        good = deepspeed_config(cfg, dp, global_batch // (micro * dp))
+        assert good["train_batch_size"] == global_batch
 
 
-def _ds_json(tmp_path, content: dict) -> str:
+def test_deepspeed_batch_check_applies_with_a_passthrough_too(tmp_path):
+    cfg = tiny(f"deepspeed.config={_ds_json(tmp_path, {'train_batch_size': 'auto'})}")
+    with pytest.raises(ConfigError, match=r"train\.global_batch_size=8"):
+        deepspeed_config(cfg, 2, 4)
+    assert deepspeed_config(cfg, 2, 2)["train_batch_size"] == 8
+
+
+def _ds_json(tmp_path, content) -> str:
     p = tmp_path / "ds.json"
     p.write_text(json.dumps(content))
     return str(p)
 
 
+ZERO3_CONTRADICTION = ("deepspeed.config sets zero_optimization.stage=3 but parallel.zero_stage "
+                       "gives 1; set it in one place (parallel.zero_stage)")
+
+
 def test_deepspeed_passthrough_contradiction_is_an_error(tmp_path):
     path = _ds_json(tmp_path, {"zero_optimization": {"stage": 3}})
     cfg = tiny("parallel.zero_stage=1", f"deepspeed.config={path}")
-    validate(cfg, 1)  # the file's content is only compared when the JSON is generated
+    with pytest.raises(ConfigError) as info:
+        deepspeed_config(cfg, 1, 4)
+    # their key and value, our key and value, and where to set it
+    assert str(info.value) == ZERO3_CONTRADICTION
+
+
+def test_validate_catches_deepspeed_passthrough_contradiction(tmp_path):
+    """Found by validate(), before any process group starts, as its single complaint."""
+    cfg = tiny("parallel.zero_stage=1",
+               f"deepspeed.config={_ds_json(tmp_path, {'zero_optimization': {'stage': 3}})}")
+    with pytest.raises(ConfigError) as info:
+        validate(cfg, 1)
+    assert error_lines(str(info.value)) == [ZERO3_CONTRADICTION]
+
+
+# (what the pass-through sets, overrides on tiny.yaml, DeepSpeed key, our key that generates it)
+CONTRADICTIONS = [
+    pytest.param({"train_batch_size": 16}, [], "train_batch_size=16", "train.global_batch_size",
+                 id="train_batch_size"),
+    pytest.param({"gradient_accumulation_steps": 4}, [], "gradient_accumulation_steps=4",
+                 "train.global_batch_size", id="gradient_accumulation_steps"),
+    # per-micro-batch size: ours is micro x n_micro = 8 at DP 1
+    pytest.param({"train_micro_batch_size_per_gpu": 2}, [], "train_micro_batch_size_per_gpu=2",
+                 "train.micro_batch_size", id="train_micro_batch_size_per_gpu"),
+    pytest.param({"bf16": {"enabled": True}}, [], "bf16.enabled=True", "train.precision",
+                 id="bf16-with-fp32"),
+    pytest.param({"gradient_clipping": 1.0}, [], "gradient_clipping=1.0", "train.grad_clip",
+                 id="gradient_clipping"),             # tiny.yaml sets grad_clip 0
+    pytest.param({"zero_optimization": {"stage": 2}}, [], "zero_optimization.stage=2",
+                 "parallel.zero_stage", id="zero-stage"),
+    # keys that are off in our config and used to be left out, so a pass-through could set them
+    pytest.param({"fp16": {"enabled": True}}, ["train.precision=bf16"], "fp16.enabled=True",
+                 "train.precision", id="fp16-with-bf16"),
+    pytest.param({"fp16": {"enabled": True}}, [], "fp16.enabled=True", "train.precision",
+                 id="fp16-with-fp32"),
+    pytest.param({"zero_optimization": {"offload_param": {"device": "cpu"}}}, [],
+                 "zero_optimization.offload_param.device='cpu'", "parallel.offload_params",
+                 id="offload_param-under-zero1"),
+    pytest.param({"zero_optimization": {"offload_param": {"device": "nvme"}}},
+                 ["parallel.zero_stage=3"], "zero_optimization.offload_param.device='nvme'",
+                 "parallel.offload_params", id="offload_param-nvme-under-zero3"),
+    pytest.param({"zero_optimization": {"offload_optimizer": {"device": "cpu", "pin_memory": True}}},
+                 [], "zero_optimization.offload_optimizer.device='cpu'", "parallel.offload_optimizer",
+                 id="offload_optimizer-when-off"),
+    pytest.param({"zero_optimization": {"offload_optimizer": {"device": "none"}}},
+                 ["parallel.zero_stage=2", "parallel.offload_optimizer=true"],
+                 "zero_optimization.offload_optimizer.device='none'", "parallel.offload_optimizer",
+                 id="offload_optimizer-turned-off"),
+]
+
+
+@pytest.mark.parametrize("theirs, overrides, ds_key, our_key", CONTRADICTIONS)
+def test_deepspeed_passthrough_contradictions_name_both_keys(tmp_path, theirs, overrides, ds_key,
+                                                             our_key):
+    cfg = tiny(*overrides, f"deepspeed.config={_ds_json(tmp_path, theirs)}")
     with pytest.raises(ConfigError) as info:
         deepspeed_config(cfg, 1, 4)
     message = str(info.value)
-    assert "zero_optimization.stage=3" in message   # their key and value
-    assert "our config gives 1" in message          # our value
+    assert f"deepspeed.config sets {ds_key} but {our_key} gives " in message, message
+    assert message.endswith(f"set it in one place ({our_key})"), message
+    # and validate() reports the same, before any process group starts
+    with pytest.raises(ConfigError) as info:
+        validate(cfg, 1)
+    assert error_lines(str(info.value)) == [message]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: the contradiction message names DeepSpeed's key "
-    "(zero_optimization.stage) but not our key parallel.zero_stage"))
-def test_deepspeed_passthrough_contradiction_names_our_key(tmp_path):
-    cfg = tiny("parallel.zero_stage=1",
-               f"deepspeed.config={_ds_json(tmp_path, {'zero_optimization': {'stage': 3}})}")
-    with pytest.raises(ConfigError, match=r"parallel\.zero_stage"):
-        deepspeed_config(cfg, 1, 4)
+def test_validate_checks_the_passthrough_against_the_real_data_parallel_size(tmp_path):
+    """At DP 4 one step is 2 x 1 samples per rank, at DP 1 it is 2 x 4: the JSON's 2 fits only DP 4."""
+    cfg = tiny(f"deepspeed.config={_ds_json(tmp_path, {'train_micro_batch_size_per_gpu': 2})}")
+    validate(cfg, 4)
+    with pytest.raises(ConfigError) as info:
+        validate(cfg, 1)
+    assert "train_micro_batch_size_per_gpu=2" in str(info.value) and "gives 8" in str(info.value)
+    # with TP 2 x PP 2 on 4 processes DP is 1 again
+    cfg = tiny("parallel.tensor=2", "parallel.pipeline=2",
+               f"deepspeed.config={_ds_json(tmp_path, {'train_micro_batch_size_per_gpu': 2})}")
+    with pytest.raises(ConfigError, match="train_micro_batch_size_per_gpu=2"):
+        validate(cfg, 4)
 
 
 @pytest.mark.parametrize(
-    "theirs",
+    "theirs, overrides",
     [
-        {"train_batch_size": 16},
-        {"gradient_accumulation_steps": 4},
-        {"train_micro_batch_size_per_gpu": 2},   # per-micro-batch size: ours is micro x n_micro
-        {"bf16": {"enabled": True}},             # precision is fp32
-        {"gradient_clipping": 1.0},              # tiny.yaml sets grad_clip 0
+        ({"fp16": {"enabled": False}}, []),
+        ({"fp16": {"enabled": "auto"}}, ["train.precision=bf16"]),
+        ({"zero_optimization": {"offload_param": {"device": "none"}}}, []),
+        ({"zero_optimization": {"offload_optimizer": {"device": "auto"}}}, []),
+        ({"zero_optimization": {"offload_optimizer": {"device": "cpu", "pin_memory": True}}},
+         ["parallel.zero_stage=2", "parallel.offload_optimizer=true"]),
+        ({"zero_optimization": {"offload_param": {"device": "cpu"}, "stage": 3}},
+         ["parallel.zero_stage=3", "parallel.offload_params=true"]),
     ],
-    ids=lambda d: next(iter(d)),
+    ids=["fp16-off", "fp16-auto", "offload_param-none", "offload_optimizer-auto",
+         "offload_optimizer-cpu-agrees", "offload_param-cpu-agrees"],
 )
-def test_deepspeed_passthrough_other_contradictions(tmp_path, theirs):
-    cfg = tiny(f"deepspeed.config={_ds_json(tmp_path, theirs)}")
-    with pytest.raises(ConfigError) as info:
-        deepspeed_config(cfg, 1, 4)
-    assert next(iter(theirs)) in str(info.value)
+def test_deepspeed_passthrough_agreeing_precision_and_offload_keys_are_accepted(tmp_path, theirs,
+                                                                                overrides):
+    cfg = tiny(*overrides, f"deepspeed.config={_ds_json(tmp_path, theirs)}")
+    validate(cfg, 1)
+    ds = deepspeed_config(cfg, 1, 4)
+    plain = deepspeed_config(tiny(*overrides), 1, 4)
+    assert ds["fp16"] == plain["fp16"] == {"enabled": False}
+    for key in ("offload_optimizer", "offload_param"):
+        assert ds["zero_optimization"][key]["device"] == plain["zero_optimization"][key]["device"]
+    if "pin_memory" in json.dumps(theirs):   # their extra settings survive the merge
+        assert ds["zero_optimization"]["offload_optimizer"]["pin_memory"] is True
 
 
 def test_deepspeed_passthrough_merges_non_contradicting_keys(tmp_path):
@@ -488,53 +608,49 @@ def test_deepspeed_passthrough_merges_non_contradicting_keys(tmp_path):
     cfg = tiny("parallel.zero_stage=1", f"deepspeed.config={path}")
     validate(cfg, 1)
     ds = deepspeed_config(cfg, 1, 4)
-    assert ds["zero_optimization"] == {"stage": 1, "reduce_bucket_size": 5e7, "overlap_comm": True}
+    assert ds["zero_optimization"] == {"stage": 1, "reduce_bucket_size": 5e7, "overlap_comm": True,
+                                       "offload_optimizer": OFF, "offload_param": OFF}
     assert ds["train_batch_size"] == 8
     assert ds["communication_data_type"] == "fp32"
     assert ds["train_micro_batch_size_per_gpu"] == 8 and ds["gradient_accumulation_steps"] == 1
-    # everything we generate is present, equal to the pass-through-free result
+    # everything we generate is present and equal to the pass-through-free result
     plain = deepspeed_config(tiny("parallel.zero_stage=1"), 1, 4)
     for key, value in plain.items():
-        if key != "zero_optimization":
+        if key == "zero_optimization":
+            assert {k: ds[key][k] for k in value} == value
+        else:
             assert ds[key] == value, key
+    assert set(ds) == set(plain) | {"communication_data_type"}
     assert json.loads(Path(path).read_text()) == theirs  # the user's file is not rewritten
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-    "BUG: validate() never reads deepspeed.config, so a "
-    "contradicting pass-through is only found by deepspeed_config() after "
-    "init_distributed (train.py build_engine), not before any process group starts"))
-def test_validate_catches_deepspeed_passthrough_contradiction(tmp_path):
-    cfg = tiny("parallel.zero_stage=1",
-               f"deepspeed.config={_ds_json(tmp_path, {'zero_optimization': {'stage': 3}})}")
-    with pytest.raises(ConfigError):
-        validate(cfg, 1)
-
-
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError, reason=(
-    "BUG: a missing deepspeed.config file passes validate() "
-    "and then raises FileNotFoundError (not ConfigError) from deepspeed_config()"))
 def test_missing_deepspeed_json_is_a_config_error(tmp_path):
-    cfg = tiny(f"deepspeed.config={tmp_path / 'missing.json'}")
-    with pytest.raises(ConfigError):
+    missing = tmp_path / "missing.json"
+    cfg = tiny(f"deepspeed.config={missing}")
+    with pytest.raises(ConfigError) as info:
         validate(cfg, 1)
+    assert error_lines(str(info.value)) == [f"deepspeed.config={str(missing)!r} does not exist"]
+    with pytest.raises(ConfigError, match="does not exist"):
         deepspeed_config(cfg, 1, 4)
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-    "BUG: keys we leave out when off (offload_param, "
-    "offload_optimizer, fp16) are taken from the pass-through unchecked, so it can "
-    "turn on what parallel.*/train.* turn off and bypass validate()'s ZeRO-3 rule"))
 @pytest.mark.parametrize(
-    "theirs",
+    "text, complaint",
     [
-        {"zero_optimization": {"offload_param": {"device": "cpu"}}},   # ZeRO-1, offload_params off
-        {"fp16": {"enabled": True}},                                   # train.precision=bf16
+        ('{"zero_optimization": {"stage": 1,}}', "is not valid JSON"),
+        ("", "is not valid JSON"),
+        ("[1, 2]", "must hold a JSON object"),
+        ('"zero"', "must hold a JSON object"),
     ],
-    ids=["offload_param-under-zero1", "fp16-with-bf16"],
+    ids=["trailing-comma", "empty", "list", "string"],
 )
-def test_deepspeed_passthrough_cannot_enable_what_our_config_disables(tmp_path, theirs):
-    cfg = tiny("parallel.zero_stage=1", "train.precision=bf16",
-               f"deepspeed.config={_ds_json(tmp_path, theirs)}")
-    with pytest.raises(ConfigError):
+def test_unreadable_deepspeed_json_is_a_config_error(tmp_path, text, complaint):
+    p = tmp_path / "ds.json"
+    p.write_text(text)
+    cfg = tiny(f"deepspeed.config={p}")
+    with pytest.raises(ConfigError) as info:
+        validate(cfg, 1)
+    lines = error_lines(str(info.value))
+    assert len(lines) == 1 and lines[0].startswith(f"deepspeed.config={str(p)!r} {complaint}"), lines
+    with pytest.raises(ConfigError, match=complaint):
         deepspeed_config(cfg, 1, 4)

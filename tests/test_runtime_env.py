@@ -1,5 +1,8 @@
 """Launcher discovery: rank / world size / local rank from torchrun, Slurm, Open MPI or PMI.
 
+Precedence: torchrun, Open MPI, PMI, Slurm (per-process launcher variables before the
+Slurm ones an mpirun inside an allocation inherits).
+
 Pure Python on a dict environment: no process group is started, megatron is not imported.
 """
 import pytest
@@ -45,24 +48,62 @@ def test_no_launcher_is_a_single_process():
         ({**SLURM, **TORCHRUN}, "torchrun", 5),                 # torchrun inside an srun step
         ({**PMI, **TORCHRUN}, "torchrun", 5),
         ({**OMPI, **TORCHRUN}, "torchrun", 5),
+        ({**SLURM, **OMPI, **PMI}, "openmpi", 7),               # then Open MPI
         ({**OMPI, **PMI}, "openmpi", 7),
-        ({**SLURM, **PMI}, "slurm", 6),                          # srun --mpi=pmi2 sets both
+        ({**SLURM, **OMPI}, "openmpi", 7),                      # mpirun inside an allocation
+        ({**SLURM, **PMI}, "pmi", 9),                           # then PMI, Slurm last
     ],
-    ids=["all", "slurm+torchrun", "pmi+torchrun", "ompi+torchrun", "ompi+pmi", "slurm+pmi"],
+    ids=["all", "slurm+torchrun", "pmi+torchrun", "ompi+torchrun", "slurm+ompi+pmi", "ompi+pmi",
+         "slurm+ompi", "slurm+pmi"],
 )
 def test_precedence(environ, launcher, rank):
     env = discover_launch_env(environ)
     assert (env.launcher, env.rank) == (launcher, rank)
 
 
+# what mpirun / mpiexec started inside an sbatch allocation leave from the enclosing step:
+# the batch script's SLURM_PROCID/SLURM_NTASKS, the same in every rank
+INHERITED_SLURM = {"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_LOCALID": "0",
+                   "SLURM_JOB_ID": "1"}
+
+
+@pytest.mark.parametrize(
+    "mpi, expected",
+    [
+        (OMPI, LaunchEnv(7, 24, 3, "openmpi")),
+        (PMI, LaunchEnv(9, 10, 0, "pmi")),          # MPICH / Intel MPI hydra
+    ],
+    ids=["openmpi", "pmi"],
+)
+def test_mpirun_inside_slurm_allocation_uses_mpi_ranks(mpi, expected):
+    assert discover_launch_env({**INHERITED_SLURM, **mpi}) == expected
+
+
+def test_mpirun_ranks_inside_slurm_allocation_are_distinct():
+    """Every MPI rank of a node gets its own rank, not the batch step's SLURM_PROCID."""
+    envs = [
+        discover_launch_env({**INHERITED_SLURM, "OMPI_COMM_WORLD_RANK": str(r),
+                             "OMPI_COMM_WORLD_SIZE": "8", "OMPI_COMM_WORLD_LOCAL_RANK": str(r % 4)})
+        for r in range(8)
+    ]
+    assert [e.rank for e in envs] == list(range(8))
+    assert [e.local_rank for e in envs] == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert {e.world_size for e in envs} == {8}
+
+
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: Slurm is checked before Open MPI/PMI. mpirun/mpiexec inside an sbatch allocation "
-    "leave the enclosing step's SLURM_PROCID/SLURM_NTASKS (batch script: 0/N; daemons: node "
-    "index/nodes) in every rank's environment, so all ranks on a node get the same rank; "
-    "the per-process MPI variables should win over inherited Slurm ones"))
-def test_mpirun_inside_slurm_allocation_uses_mpi_ranks():
-    inherited = {"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_LOCALID": "0", "SLURM_JOB_ID": "1"}
-    assert discover_launch_env({**inherited, **OMPI}) == LaunchEnv(7, 24, 3, "openmpi")
+    "BUG (from putting PMI before Slurm): srun --mpi=pmi2 sets PMI_RANK/PMI_SIZE per task "
+    "but not MPI_LOCALRANKID, so PMI wins and local_rank falls back to the GLOBAL rank instead "
+    "of SLURM_LOCALID; init_distributed then exports LOCAL_RANK=<global rank> and DeepSpeed "
+    "calls set_device(LOCAL_RANK), an invalid ordinal on every node but the first"))
+def test_srun_pmi2_keeps_slurm_local_rank():
+    # task 10 of 16, third task on the second node (8 tasks per node), as srun --mpi=pmi2 sets it
+    environ = {"SLURM_PROCID": "10", "SLURM_NTASKS": "16", "SLURM_LOCALID": "2",
+               "SLURM_JOB_ID": "4242", "SLURM_NODEID": "1",
+               "PMI_RANK": "10", "PMI_SIZE": "16", "PMI_FD": "5", "PMI_JOBID": "4242.0"}
+    env = discover_launch_env(environ)
+    assert (env.rank, env.world_size) == (10, 16)
+    assert env.local_rank == 2
 
 
 @pytest.mark.parametrize(
