@@ -263,7 +263,7 @@ def validate(cfg: Config, world_size: int, vocab_size: Optional[int] = None) -> 
         err("model.recompute=selective needs Transformer Engine's fused attention; use full or none")
     if cfg.deepspeed.config and par.zero_stage == 0:
         err("deepspeed.config is set but parallel.zero_stage=0 runs megatron's own DDP; set zero_stage >= 1")
-    elif cfg.deepspeed.config and dp is not None and not errors:
+    elif cfg.deepspeed.config and dp is not None and tr.global_batch_size % (tr.micro_batch_size * dp) == 0:
         try:  # the passed-through JSON is checked here, before any process group starts
             deepspeed_config(cfg, dp, tr.global_batch_size // (tr.micro_batch_size * dp))
         except ConfigError as e:
@@ -299,7 +299,7 @@ def deepspeed_config(cfg: Config, dp_size: int, num_microbatches: int) -> dict:
     tr, par = cfg.train, cfg.parallel
     if tr.micro_batch_size * num_microbatches * dp_size != tr.global_batch_size:
         raise ConfigError(
-            f"train.global_batch_size={tr.global_batch_size} != micro_batch_size {tr.micro_batch_size} "
+            f"train.global_batch_size={tr.global_batch_size} != train.micro_batch_size={tr.micro_batch_size} "
             f"x {num_microbatches} micro-batches x data-parallel size {dp_size}"
         )
     generated: dict[str, Any] = {

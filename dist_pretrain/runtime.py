@@ -44,7 +44,8 @@ def discover_launch_env(environ: dict | None = None) -> LaunchEnv:
     for rank_var, size_var, local_var in _RANK_VARS:
         if rank_var in env and size_var in env:
             rank, size = int(env[rank_var]), int(env[size_var])
-            local = int(env.get(local_var, rank))
+            # srun --mpi=pmi2 sets PMI_RANK but no PMI local rank: Slurm's is the right one
+            local = int(env.get(local_var, env.get("SLURM_LOCALID", rank)))
             return LaunchEnv(rank, size, local, names[rank_var])
     return LaunchEnv(0, 1, 0, "single")
 

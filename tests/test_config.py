@@ -460,7 +460,7 @@ def test_deepspeed_config_rejects_inconsistent_batch_layout(micro, global_batch,
         deepspeed_config(cfg, dp, n_micro)
     message = str(info.value)
     assert f"train.global_batch_size={global_batch}" in message
-    assert f"micro_batch_size {micro}" in message
+    assert f"train.micro_batch_size={micro} " in message
     assert f"{n_micro} micro-batches" in message
     assert f"data-parallel size {dp}" in message
     # the consistent number of micro-batches for the same layout is accepted

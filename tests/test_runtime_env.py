@@ -91,11 +91,8 @@ def test_mpirun_ranks_inside_slurm_allocation_are_distinct():
     assert {e.world_size for e in envs} == {8}
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG (from putting PMI before Slurm): srun --mpi=pmi2 sets PMI_RANK/PMI_SIZE per task "
-    "but not MPI_LOCALRANKID, so PMI wins and local_rank falls back to the GLOBAL rank instead "
-    "of SLURM_LOCALID; init_distributed then exports LOCAL_RANK=<global rank> and DeepSpeed "
-    "calls set_device(LOCAL_RANK), an invalid ordinal on every node but the first"))
+# srun --mpi=pmi2 sets PMI_RANK/PMI_SIZE per task but no PMI local rank: the local rank must
+# come from SLURM_LOCALID, not fall back to the global rank (an invalid GPU ordinal on node 2+)
 def test_srun_pmi2_keeps_slurm_local_rank():
     # task 10 of 16, third task on the second node (8 tasks per node), as srun --mpi=pmi2 sets it
     environ = {"SLURM_PROCID": "10", "SLURM_NTASKS": "16", "SLURM_LOCALID": "2",
