@@ -42,6 +42,7 @@ updates. The wiring, and each DeepSpeed 0.19.8 internal it relies on:
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any
 
 import torch
@@ -131,6 +132,9 @@ class ZeroEngine:
     def __init__(self, chunks: list[torch.nn.Module], ds_config: dict, train_cfg, num_microbatches: int):
         import deepspeed
 
+        if deepspeed.__version__ != DEEPSPEED_VERSION:
+            warnings.warn(f"dist_pretrain's ZeRO engine relies on DeepSpeed {DEEPSPEED_VERSION} internals "
+                          f"(see engine.py); found {deepspeed.__version__}: run the equivalence tests")
         self.num_chunks = len(chunks)
         self.num_microbatches = num_microbatches
         self._mark_tied_copies(chunks)

@@ -86,6 +86,12 @@ def build_engine(cfg: Config, rt: Runtime, chunks, tconfig, num_microbatches: in
     return engine
 
 
+def to_device(batches, device: torch.device):
+    """Move each batch to the training device (a no-op on CPU)."""
+    for batch in batches:
+        yield {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
 def _global_loss(outputs: list[dict], key: str, rt: Runtime) -> float:
     """Token-weighted loss of the whole global batch, known on every rank."""
     totals = torch.zeros(2, dtype=torch.float64)
@@ -116,7 +122,7 @@ class Trainer:
         self.forward_backward = get_forward_backward_func()
         self.monitor = Monitor(cfg.run_dir, self.rt.is_logging_rank, cfg.monitor.tensorboard,
                                cfg.train.log_interval)
-        self.train_data = TimedIterator(self._batches("train"))
+        self.train_data = TimedIterator(to_device(self._batches("train"), self.rt.device))
         self.flops_per_token = self.family.flops_per_token(cfg, self.vocab_size)
         self.peak_tflops = cfg.monitor.peak_tflops or measure_gemm_tflops(
             torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32, self.rt.device)
@@ -157,7 +163,7 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         self.engine.train(False)
-        data = self._batches("valid")
+        data = to_device(self._batches("valid"), self.rt.device)
         total = torch.zeros(2, dtype=torch.float64)
         for _ in range(self.cfg.train.eval_steps):
             outputs = self._run_schedule(data, forward_only=True)
