@@ -180,7 +180,10 @@ def main(argv=None) -> dict:
     if args.vocab_size < 2 or sentinels < 0:
         p.error("--vocab-size must be >= 2 and --sentinels >= 0")
     sentinel_tokens = [SENTINEL_FORMAT.format(i) for i in range(sentinels)]
-    files = expand_inputs(args.input)
+    try:
+        files = expand_inputs(args.input)
+    except FileNotFoundError as e:
+        p.error(str(e))
     os.makedirs(args.output, exist_ok=True)
     reader = _Reader(files, args.text_field, args.max_bytes)
     t0 = time.perf_counter()
