@@ -1,24 +1,52 @@
-"""Tokenize raw text into packed causal-LM samples stored as WebDataset tar shards.
+"""Tokenize raw text into WebDataset tar shards, one input file at a time, on 1..N MPI ranks.
 
 ``dist-pretrain preprocess --input 'c4/en/*.json.gz' --tokenizer gpt2 --seq-len 2048 --output DIR``
+``mpiexec -n 64 dist-pretrain preprocess ...`` (same arguments, same result)
 
-Sample convention (the training code relies on it): every sample is an int32 array of
-``seq_len + 1`` tokens, ``inputs = s[:-1]``, ``labels = s[1:]``. Documents are joined with
-EOS into one stream per split and cut like Megatron's GPT dataset: sample ``i`` covers
-stream tokens ``[i*seq_len, i*seq_len + seq_len + 1)``, so consecutive samples share one
-token and no label is lost at a sample boundary; the trailing remainder is dropped.
-A split's ``tokens`` = ``samples * seq_len`` = number of (input, label) training positions.
+**Per-file packing.** Every input file is tokenized and packed on its own, so the output
+does not depend on how files are spread over ranks: 1 rank and N ranks write the same
+shards, keys and bytes. A file gets the id ``file_id`` = its stem made key-safe (letters,
+digits, ``-``) plus 8 hex digits of a hash of its path relative to the common directory of
+all inputs, e.g. ``c4-train-00042-of-01024-1f3a9c0e`` (no dots: WebDataset splits keys
+on them). Its samples go to ``DIR/{split}-{file_id}-{k:05d}.tar``, each sample keyed
+``f"{file_id}_{index:09d}"`` (index counts the file's samples of that split, from 0).
 
-Files whose name contains ``validation`` form the ``valid`` split, the rest ``train``
-(optionally also ``--val-fraction`` of train documents, chosen by a hash of their text).
+``--format lm`` (default; the training code relies on it): field ``tokens.npy`` = int32
+array of ``seq_len + 1`` tokens, ``inputs = s[:-1]``, ``labels = s[1:]``. A file's
+documents are joined with EOS (after every document) into one stream per split and cut
+like Megatron's GPT dataset: sample ``i`` covers stream tokens ``[i*seq_len,
+i*seq_len + seq_len + 1)``, so consecutive samples share one token; each file's
+remainder is dropped. A split's ``tokens`` = ``samples * seq_len`` (training positions).
 
-:func:`process_files` turns a list of files into shards and :func:`write_manifest` merges
-the per-part results, so a multi-node run can later give each MPI rank its own files
-(with ``shard_tag=f"r{rank:04d}-"``) and let rank 0 write the manifest.
+``--format docs`` (BERT/T5): a sample is a segment of one document, cut at sentence
+boundaries to at most ``seq_len`` tokens: ``tokens.npy`` = int32 ids of its sentences
+back to back (no special tokens), ``sentences.npy`` = int32 token count of each
+sentence. A single sentence longer than ``seq_len`` is truncated. ``tokens`` = tokens in
+segments. Sentences come from :mod:`dist_pretrain.data.sentences`.
+
+**Splits.** Files whose name contains ``validation`` form ``valid``; ``--val-fraction``
+also moves that fraction of other documents there, chosen by a hash of the URL (or text).
+
+**Ranks.** Under an MPI launcher (``mpi4py`` is imported only then) rank 0 plans: it
+lists the inputs and skips files already done; the rest are dealt to ranks by size
+(largest first, each to the least-loaded rank). Every rank writes its files' shards, then
+an atomic part record ``DIR/.parts/{file_id}.json``; rank 0 gathers the records and writes
+``DIR/manifest.json`` (atomically). Timings go to ``DIR/preprocess_stats.json``, not the
+manifest, so re-running on the same inputs rewrites an identical manifest.
+
+**Resuming.** A file whose part record matches (same settings and tokenizer, input size
+and mtime, shards present with the recorded sizes) is skipped, so an interrupted run
+continues where it stopped; its half-written shards are replaced. ``--overwrite``
+redoes everything. Writing into a dataset built with other settings is refused.
+
+**Bad input.** Lines that are not strict UTF-8, not JSON, or lack a string text field
+are skipped and counted per file (summary and manifest ``bad_lines``); a file whose bad
+fraction exceeds ``--max-bad-fraction`` fails the run, naming the file.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import gzip
 import hashlib
@@ -26,20 +54,37 @@ import io
 import itertools
 import json
 import os
+import re
 import sys
+import tarfile
 import time
+import traceback
 from collections import Counter
 from typing import Iterator
 
 import numpy as np
-import webdataset as wds
-from tqdm import tqdm
 
+from dist_pretrain.data.mpi import Comm, threads_per_rank, world
+from dist_pretrain.data.sentences import split_sentences
 from dist_pretrain.data.tokenizer import TextTokenizer, load_tokenizer
 
 SPLITS = ("train", "valid")
 MANIFEST = "manifest.json"
+STATS = "preprocess_stats.json"
+PARTS = ".parts"
+LM_FORMAT = "dist_pretrain.lm/1"   # manifest "format" of --format lm
+DOCS_FORMAT = "docs"               # manifest "format" of --format docs
+PART_VERSION = 1
+# Fault injection for tests: the process hard-exits after writing this many samples.
+CRASH_ENV = "DIST_PRETRAIN_PREPROCESS_CRASH_AFTER"
+_SHARD_RE = re.compile(r"^(train|valid)-.+-\d{5}\.tar(\.tmp)?$")
 
+
+class PreprocessError(RuntimeError):
+    """A user-facing failure (bad input, conflicting output); main() prints it and exits 1."""
+
+
+# --------------------------------------------------------------------------- inputs
 
 def expand_inputs(patterns: list[str]) -> list[str]:
     """Sorted, de-duplicated files matching the globs; a pattern matching nothing is an error."""
@@ -52,40 +97,248 @@ def expand_inputs(patterns: list[str]) -> list[str]:
     return sorted(files)
 
 
-def iter_documents(path: str, text_field: str, bad: Counter) -> Iterator[tuple[str, int]]:
-    """Yield ``(text, n_bytes)``. JSON lines for .json/.jsonl(.gz); a .txt file is one document.
+_EXTENSIONS = (".json.gz", ".jsonl.gz", ".txt.gz", ".json", ".jsonl", ".txt", ".gz")
 
-    Malformed lines are counted in ``bad[path]`` and skipped: one broken line in a
-    multi-GB crawl should not kill a preprocessing job.
+
+def file_ids(files: list[str]) -> dict[str, str]:
+    """``{path: file_id}``: key-safe stem + hash of the path relative to the inputs' common dir."""
+    absdirs = [os.path.dirname(os.path.abspath(f)) for f in files]
+    root = os.path.commonpath(absdirs) if files else ""
+    ids = {}
+    for f in files:
+        name = os.path.basename(f)
+        for ext in _EXTENSIONS:
+            if name.endswith(ext) and len(name) > len(ext):
+                name = name[: -len(ext)]
+                break
+        stem = re.sub(r"[^A-Za-z0-9-]+", "-", name).strip("-")[:56] or "file"
+        rel = os.path.relpath(os.path.abspath(f), root).replace(os.sep, "/")
+        ids[f] = f"{stem}-{hashlib.blake2b(rel.encode(), digest_size=4).hexdigest()}"
+    if len(set(ids.values())) != len(ids):  # 32-bit hash collision between same-named files
+        dup = Counter(ids.values()).most_common(1)[0][0]
+        raise PreprocessError(f"two inputs map to file id {dup}: "
+                              f"{[f for f, i in ids.items() if i == dup]}")
+    return ids
+
+
+def is_txt(path: str) -> bool:
+    return path.removesuffix(".gz").endswith(".txt")
+
+
+class DocumentReader:
+    """Documents of one file: ``(text, n_bytes, split_key)``; counts lines and bad lines.
+
+    JSON lines (``.json``/``.jsonl``, optionally ``.gz``; C4's layout) hold one document
+    per line in ``text_field``; ``split_key`` is its ``url`` when it has one. A ``.txt``
+    file is one document (``txt_docs="file"``) or one per blank-line-separated paragraph
+    (``"paragraphs"``). Every line is decoded as strict UTF-8; a line that fails (or is not
+    a JSON object with a string ``text_field``) is a bad line and skipped.
     """
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        if path.removesuffix(".gz").endswith(".txt"):
-            raw = f.read()
-            yield raw.decode("utf-8", errors="replace"), len(raw)
-            return
+
+    def __init__(self, path: str, text_field: str = "text", txt_docs: str = "file"):
+        self.path, self.text_field, self.txt_docs = path, text_field, txt_docs
+        self.lines = self.bad = 0
+        self._raw = None
+
+    def position(self) -> int:
+        """Bytes of the (compressed) file consumed so far."""
+        try:
+            return self._raw.tell() if self._raw is not None else 0
+        except (ValueError, OSError):
+            return 0
+
+    def __iter__(self) -> Iterator[tuple[str, int, str]]:
+        with open(self.path, "rb") as raw:
+            self._raw = raw
+            f = gzip.GzipFile(fileobj=raw, mode="rb") if self.path.endswith(".gz") else raw
+            with f:
+                yield from (self._txt(f) if is_txt(self.path) else self._jsonl(f))
+            self._raw = None
+
+    def _jsonl(self, f) -> Iterator[tuple[str, int, str]]:
+        field = self.text_field
         for line in f:
             if not line.strip():
                 continue
+            self.lines += 1
             try:
-                text = json.loads(line)[text_field]
+                s = line.decode("utf-8")
+                obj = json.loads(s)
+                text = obj[field]
                 if not isinstance(text, str):
                     raise TypeError
-            except (ValueError, KeyError, TypeError, IndexError):
-                bad[path] += 1
+                if "\\ud" in s or "\\uD" in s:  # a JSON-escaped lone surrogate is not text
+                    text.encode("utf-8")
+            except (ValueError, KeyError, TypeError, IndexError, UnicodeError):
+                self.bad += 1
                 continue
-            yield text, len(line)
+            if text:
+                url = obj.get("url")
+                yield text, len(line), url if isinstance(url, str) and url else text
+
+    def _decoded_lines(self, f) -> Iterator[tuple[str, int]]:
+        for line in f:
+            if line.strip():
+                self.lines += 1
+            try:
+                yield line.decode("utf-8"), len(line)
+            except UnicodeDecodeError:
+                self.bad += 1
+
+    def _txt(self, f) -> Iterator[tuple[str, int, str]]:
+        if self.txt_docs == "file":
+            parts, n = [], 0
+            for text, nbytes in self._decoded_lines(f):
+                parts.append(text)
+                n += nbytes
+            text = "".join(parts)
+            if text:
+                yield text, n, text
+            return
+        para, n = [], 0
+        for text, nbytes in itertools.chain(self._decoded_lines(f), [("", 0)]):
+            if text.strip():
+                para.append(text)
+                n += nbytes
+            elif para:
+                doc = "".join(para).strip()
+                yield doc, n, doc
+                para, n = [], 0
 
 
-def split_of(path: str, text: str, val_fraction: float) -> str:
+def iter_documents(path: str, text_field: str, bad: Counter, txt_docs: str = "file") -> Iterator[tuple[str, int]]:
+    """Yield ``(text, n_bytes)`` of ``path``; bad lines are added to ``bad[path]``."""
+    reader = DocumentReader(path, text_field, txt_docs)
+    try:
+        for text, nbytes, _ in reader:
+            yield text, nbytes
+    finally:
+        if reader.bad:
+            bad[path] += reader.bad
+
+
+def split_of(path: str, key: str, val_fraction: float) -> str:
+    """``valid`` for files named *validation*, else by a hash of the document's key (url/text)."""
     if "validation" in os.path.basename(path):
         return "valid"
-    if val_fraction > 0:  # content hash: stable across runs, machines and file orders
-        h = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+    if val_fraction > 0:  # content hash: stable across runs, machines, ranks and file orders
+        h = int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
         if h < val_fraction * 2**64:
             return "valid"
     return "train"
 
+
+# --------------------------------------------------------------------------- shards
+
+@functools.lru_cache(maxsize=None)
+def _npy_header(n: int) -> bytes:
+    """The ``np.save`` header of an int32 vector of length ``n`` (data follows it)."""
+    buf = io.BytesIO()
+    np.save(buf, np.zeros(n, dtype="<i4"), allow_pickle=False)
+    return buf.getvalue()[: -4 * n or None]
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    """Exactly ``np.save(f, arr, allow_pickle=False)`` for a 1-D int32 array, without the overhead."""
+    return _npy_header(len(arr)) + np.ascontiguousarray(arr, dtype="<i4").tobytes()
+
+
+_CRASH_AFTER = int(os.environ.get(CRASH_ENV, "0") or 0)
+_samples_written = 0
+
+
+class TarShard:
+    """One tar shard written to ``path.tmp``, hashed on the fly, fsync'ed and renamed on close.
+
+    Members are plain USTAR entries (mtime 0, mode 0444) as ``webdataset.TarWriter`` writes
+    them, so the bytes depend only on the samples.
+    """
+
+    def __init__(self, out_dir: str, name: str):
+        self.name, self.path = name, os.path.join(out_dir, name)
+        self.file = open(self.path + ".tmp", "wb", buffering=1 << 20)
+        self.sha = hashlib.sha256()
+        self.bytes = self.samples = self.tokens = 0
+
+    def _put(self, data: bytes) -> None:
+        self.file.write(data)
+        self.sha.update(data)
+        self.bytes += len(data)
+
+    def add(self, key: str, fields: dict[str, bytes], tokens: int) -> None:
+        global _samples_written
+        for field in sorted(fields):
+            data = fields[field]
+            info = tarfile.TarInfo(f"{key}.{field}")
+            info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o444, "bigdata", "bigdata"
+            self._put(info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict") + data + b"\0" * (-len(data) % 512))
+        self.samples += 1
+        self.tokens += tokens
+        _samples_written += 1
+        if _CRASH_AFTER and _samples_written >= _CRASH_AFTER:
+            self.file.flush()
+            os._exit(75)  # simulated kill: leaves this half-written shard behind
+
+    def close(self) -> dict:
+        self._put(b"\0" * 1024)                                   # end-of-archive blocks
+        self._put(b"\0" * (-self.bytes % tarfile.RECORDSIZE))     # pad to tar's record size
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.path + ".tmp", self.path)
+        return {"path": self.name, "samples": self.samples, "tokens": self.tokens,
+                "bytes": self.bytes, "sha256": self.sha.hexdigest()}
+
+
+class ShardSink:
+    """One (file, split)'s samples into ``{split}-{file_id}-{k:05d}.tar`` of ``per_shard`` each."""
+
+    def __init__(self, out_dir: str, split: str, file_id: str, per_shard: int):
+        self.out_dir, self.split, self.file_id, self.per_shard = out_dir, split, file_id, per_shard
+        self.shards: list[dict] = []
+        self.index = 0
+        self.shard: TarShard | None = None
+
+    def add(self, fields: dict[str, bytes], tokens: int) -> None:
+        if self.shard is None:
+            self.shard = TarShard(self.out_dir, shard_name(self.split, self.file_id, len(self.shards)))
+        self.shard.add(f"{self.file_id}_{self.index:09d}", fields, tokens)
+        self.index += 1
+        if self.shard.samples == self.per_shard:
+            self.shards.append(self.shard.close())
+            self.shard = None
+
+    def close(self) -> list[dict]:
+        if self.shard is not None:
+            self.shards.append(self.shard.close())
+            self.shard = None
+        return self.shards
+
+
+def shard_name(split: str, file_id: str, k: int) -> str:
+    return f"{split}-{file_id}-{k:05d}.tar"
+
+
+def remove_file_outputs(out_dir: str, file_id: str) -> None:
+    """Delete a file's part record and shards (complete or half-written) before redoing it."""
+    _unlink(part_path(out_dir, file_id))
+    for split in SPLITS:
+        for k in itertools.count():  # a file's shards are numbered 0, 1, ... without gaps
+            path = os.path.join(out_dir, shard_name(split, file_id, k))
+            found = [_unlink(p) for p in (path, path + ".tmp")]
+            if not any(found):
+                break
+
+
+def _unlink(path: str) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+# --------------------------------------------------------------------------- packing
 
 class Packer:
     """Cuts a token stream into overlapping ``seq_len + 1`` windows (see module docstring)."""
@@ -93,189 +346,446 @@ class Packer:
     def __init__(self, seq_len: int):
         self.seq_len = seq_len
         self.buf = np.empty(0, dtype=np.int32)
-        self.buf_sources: set[str] = set()
 
-    def add(self, tokens: np.ndarray, source: str) -> tuple[np.ndarray, set[str]]:
-        """Append tokens from ``source``; return the completed samples and their source files."""
-        stream = np.concatenate([self.buf, tokens])
+    def add(self, tokens: np.ndarray) -> np.ndarray:
+        stream = np.concatenate([self.buf, tokens]) if len(self.buf) else tokens
         n = max(0, (len(stream) - 1) // self.seq_len)
+        if n == 0:
+            self.buf = stream
+            return np.empty((0, self.seq_len + 1), np.int32)
         windows = np.lib.stride_tricks.sliding_window_view(stream, self.seq_len + 1)
-        samples = windows[: n * self.seq_len : self.seq_len].copy()
-        sources = self.buf_sources | {source}
-        self.buf = stream[n * self.seq_len:]
-        self.buf_sources = {source} if len(self.buf) <= len(tokens) else sources
-        return samples, sources
+        samples = windows[: n * self.seq_len : self.seq_len]
+        self.buf = stream[n * self.seq_len:].copy()
+        return samples
 
 
-class ShardSink:
-    """Writes one split's samples into numbered tar shards of ``samples_per_shard`` each."""
-
-    def __init__(self, out_dir: str, split: str, samples_per_shard: int, seq_len: int, tag: str = ""):
-        self.out_dir, self.split, self.tag = out_dir, split, tag
-        self.per_shard, self.seq_len = samples_per_shard, seq_len
-        self.shards: list[dict] = []
-        self.index = 0  # running sample index within this split (and tag)
-        self.writer = self.file = None
-
-    def _open(self) -> None:
-        name = f"{self.split}-{self.tag}{len(self.shards):06d}.tar"
-        self.current = {"path": name, "samples": 0, "tokens": 0, "source_files": set()}
-        self.file = open(os.path.join(self.out_dir, name + ".tmp"), "wb")
-        self.writer = wds.TarWriter(self.file, mtime=0)  # fixed mtime: reproducible sha256
-
-    def _close(self) -> None:
-        self.writer.close()
-        self.file.close()
-        path = os.path.join(self.out_dir, self.current["path"])
-        os.replace(path + ".tmp", path)
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        self.current["sha256"] = digest.hexdigest()
-        self.current["source_files"] = sorted(self.current["source_files"])
-        self.shards.append(self.current)
-        self.writer = None
-
-    def write(self, samples: np.ndarray, sources: set[str]) -> None:
-        for sample in samples:
-            if self.writer is None:
-                self._open()
-            buf = io.BytesIO()
-            np.save(buf, sample, allow_pickle=False)
-            self.writer.write({"__key__": f"{self.tag}{self.index:09d}", "tokens.npy": buf.getvalue()})
-            self.index += 1
-            self.current["samples"] += 1
-            self.current["tokens"] += self.seq_len
-            self.current["source_files"].update(sources)
-            if self.current["samples"] == self.per_shard:
-                self._close()
-
-    def close(self) -> list[dict]:
-        if self.writer is not None:
-            self._close()
-        return self.shards
+def join_with_eos(ids: list[list[int]], eos: int) -> np.ndarray:
+    """Documents' ids back to back, each followed by ``eos``, as one int32 array."""
+    lens = np.fromiter(map(len, ids), np.int64, len(ids))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), np.int32, int(lens.sum()))
+    return np.insert(flat, np.cumsum(lens), np.int32(eos))
 
 
-def process_files(files: list[str], out_dir: str, tokenizer: TextTokenizer, seq_len: int,
-                  samples_per_shard: int = 8192, text_field: str = "text",
-                  val_fraction: float = 0.0, shard_tag: str = "", batch_bytes: int = 8 << 20,
-                  progress: bool = True) -> dict:
-    """Tokenize and pack ``files`` into shards under ``out_dir`` (one worker/rank's share).
+def segment_document(sentence_ids: list[list[int]], seq_len: int) -> list[list[list[int]]]:
+    """Greedy segments of whole sentences, each at most ``seq_len`` tokens.
 
-    Returns ``{"train": S, "valid": S, "bad_lines": {file: n}}`` with
-    ``S = {docs, samples, tokens, text_bytes, shards}``, the input of :func:`write_manifest`.
-    Shard paths are relative to ``out_dir``.
+    A sentence longer than ``seq_len`` becomes a segment of its own, truncated; sentences
+    with no tokens are dropped.
     """
-    os.makedirs(out_dir, exist_ok=True)
+    segments, cur, cur_len = [], [], 0
+    for s in sentence_ids:
+        if not s:
+            continue
+        if len(s) > seq_len:
+            s = s[:seq_len]
+        if cur_len + len(s) > seq_len:
+            segments.append(cur)
+            cur, cur_len = [], 0
+        cur.append(s)
+        cur_len += len(s)
+    if cur:
+        segments.append(cur)
+    return segments
+
+
+# --------------------------------------------------------------------------- one file
+
+def part_path(out_dir: str, file_id: str) -> str:
+    return os.path.join(out_dir, PARTS, f"{file_id}.json")
+
+
+def write_json_atomic(path: str, obj: dict) -> None:
+    """tmp + fsync + rename: readers see the old file or the complete new one, never a part."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def process_file(task: dict, out_dir: str, tok: TextTokenizer, settings: dict, rank: int = 0,
+                 max_bad_fraction: float = 0.01, batch_bytes: int = 8 << 20,
+                 progress=None) -> dict:
+    """Tokenize one input file into its shards and write its part record; returns the record.
+
+    ``task`` = ``{path, file_id, size, mtime_ns}``; ``settings`` = :func:`make_settings`.
+    ``progress(n_bytes)`` is told how many more (compressed) input bytes were consumed.
+    """
+    path, file_id = task["path"], task["file_id"]
+    t0 = time.perf_counter()
+    remove_file_outputs(out_dir, file_id)
+    fmt, seq_len, per_shard = settings["format"], settings["seq_len"], settings["samples_per_shard"]
+    reader = DocumentReader(path, settings["text_field"], settings["txt_docs"])
+    sinks = {s: ShardSink(out_dir, s, file_id, per_shard) for s in SPLITS}
     packers = {s: Packer(seq_len) for s in SPLITS}
-    sinks = {s: ShardSink(out_dir, s, samples_per_shard, seq_len, shard_tag) for s in SPLITS}
     stats = {s: Counter() for s in SPLITS}
-    bad: Counter = Counter()
-    eos = tokenizer.eos_id
-    bar = tqdm(total=len(files), unit="file", disable=not progress, file=sys.stderr)
+    pending: dict[str, list[str]] = {s: [] for s in SPLITS}
+    pending_bytes = Counter()
+    seen = [0]
 
-    def flush(split: str, texts: list[str], path: str) -> None:
-        ids = tokenizer.encode_batch(texts)
-        n = sum(map(len, ids)) + len(ids)
-        flat = np.fromiter(itertools.chain.from_iterable(d + [eos] for d in ids), np.int32, n)
-        sinks[split].write(*packers[split].add(flat, path))
-        stats[split]["docs"] += len(texts)
-        stats[split]["stream_tokens"] += n
-        bar.set_postfix(tokens=sum(st["stream_tokens"] for st in stats.values()), refresh=False)
-        texts.clear()
+    def flush(split: str) -> None:
+        texts = pending[split]
+        if fmt == "lm":
+            for sample in packers[split].add(join_with_eos(tok.encode_batch(texts), tok.eos_id)):
+                sinks[split].add({"tokens.npy": npy_bytes(sample)}, seq_len)
+        else:
+            sents = [split_sentences(t) for t in texts]
+            ids = iter(tok.encode_batch(list(itertools.chain.from_iterable(sents))))
+            for doc_sents in sents:
+                doc_ids = list(itertools.islice(ids, len(doc_sents)))
+                for seg in segment_document(doc_ids, seq_len):
+                    lens = np.fromiter(map(len, seg), np.int32, len(seg))
+                    toks = np.fromiter(itertools.chain.from_iterable(seg), np.int32, int(lens.sum()))
+                    sinks[split].add({"sentences.npy": npy_bytes(lens), "tokens.npy": npy_bytes(toks)},
+                                     len(toks))
+        pending[split] = []
+        pending_bytes[split] = 0
+        if progress is not None:
+            pos = reader.position()
+            progress(pos - seen[0])
+            seen[0] = pos
 
-    for path in files:
-        pending = {s: [] for s in SPLITS}
-        size = Counter()
-        for text, nbytes in iter_documents(path, text_field, bad):
-            if not text:
-                continue
-            split = split_of(path, text, val_fraction)
+    try:
+        for text, nbytes, key in reader:
+            split = split_of(path, key, settings["val_fraction"])
             pending[split].append(text)
-            size[split] += nbytes
+            pending_bytes[split] += nbytes
+            stats[split]["docs"] += 1
             stats[split]["text_bytes"] += nbytes
-            if size[split] >= batch_bytes:
-                flush(split, pending[split], path)
-                size[split] = 0
+            if pending_bytes[split] >= batch_bytes:
+                flush(split)
         for split in SPLITS:
             if pending[split]:
-                flush(split, pending[split], path)
-        bar.update(1)
-    bar.close()
-    result = {}
+                flush(split)
+        shards = {s: sinks[s].close() for s in SPLITS}
+        if reader.bad and reader.bad > max_bad_fraction * reader.lines:
+            raise PreprocessError(bad_fraction_message(path, reader.bad, reader.lines, max_bad_fraction))
+    except BaseException:
+        for sink in sinks.values():  # no half-written shards of a failed file stay behind
+            if sink.shard is not None:
+                sink.shard.file.close()
+        remove_file_outputs(out_dir, file_id)
+        raise
+    if progress is not None:
+        progress(task["size"] - seen[0])
+    record = {
+        "version": PART_VERSION, "file_id": file_id, "path": path,
+        "size": task["size"], "mtime_ns": task["mtime_ns"], "settings": settings, "rank": rank,
+        "lines": reader.lines, "bad_lines": reader.bad,
+        "splits": {s: {"docs": stats[s]["docs"], "text_bytes": stats[s]["text_bytes"],
+                       "samples": sum(x["samples"] for x in shards[s]),
+                       "tokens": sum(x["tokens"] for x in shards[s]), "shards": shards[s]}
+                   for s in SPLITS},
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    write_json_atomic(part_path(out_dir, file_id), record)  # only after its shards are complete
+    return record
+
+
+def bad_fraction_message(path: str, bad: int, lines: int, limit: float) -> str:
+    return (f"{path}: {bad} of {lines} lines are bad ({bad / max(lines, 1):.2%}), more than "
+            f"--max-bad-fraction {limit}; fix or drop the file, or raise the threshold")
+
+
+def make_settings(args, tok: TextTokenizer) -> dict:
+    """Everything that changes a file's output: a part record is reused only if these match."""
+    return {"format": args.format, "seq_len": args.seq_len, "tokenizer": tok.info(),
+            "samples_per_shard": args.samples_per_shard, "text_field": args.text_field,
+            "txt_docs": args.txt_docs, "val_fraction": args.val_fraction,
+            "val_rule": "name contains 'validation'; else blake2b(url or text) < val_fraction"}
+
+
+def record_is_current(rec: dict | None, task: dict, settings: dict, out_dir: str) -> bool:
+    if not rec or rec.get("version") != PART_VERSION or rec.get("settings") != settings:
+        return False
+    if (rec.get("file_id"), rec.get("size"), rec.get("mtime_ns")) != (task["file_id"], task["size"], task["mtime_ns"]):
+        return False
     for split in SPLITS:
-        shards = sinks[split].close()
-        result[split] = {
-            "docs": stats[split]["docs"], "text_bytes": stats[split]["text_bytes"],
-            "samples": sum(s["samples"] for s in shards), "tokens": sum(s["tokens"] for s in shards),
-            "shards": shards}
-    result["bad_lines"] = dict(bad)
-    return result
+        for shard in rec["splits"][split]["shards"]:
+            try:
+                if os.path.getsize(os.path.join(out_dir, shard["path"])) != shard["bytes"]:
+                    return False
+            except OSError:
+                return False
+    return True
 
 
-def write_manifest(out_dir: str, parts: list[dict], seq_len: int, tokenizer: TextTokenizer,
-                   extra: dict | None = None) -> dict:
-    """Merge the results of one or more :func:`process_files` calls; write atomically."""
+def read_json(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------- planning (rank 0)
+
+def assign_files(tasks: list[dict], size: int) -> list[list[dict]]:
+    """Deterministic size balancing: largest first (ties by path), each to the least-loaded rank."""
+    loads, out = [0] * size, [[] for _ in range(size)]
+    for t in sorted(tasks, key=lambda t: (-t["size"], t["path"])):
+        r = min(range(size), key=lambda i: (loads[i], i))
+        out[r].append(t)
+        loads[r] += t["size"]
+    for lst in out:
+        lst.sort(key=lambda t: t["path"])
+    return out
+
+
+def _settings_diff(old: dict, new: dict) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [k for k in keys if old.get(k) != new.get(k)]
+
+
+def make_plan(args, settings: dict, size: int) -> dict:
+    out = args.output
+    os.makedirs(os.path.join(out, PARTS), exist_ok=True)
+    manifest_path = os.path.join(out, MANIFEST)
+    if args.overwrite:
+        for name in os.listdir(out):
+            if name == MANIFEST or _SHARD_RE.match(name):
+                _unlink(os.path.join(out, name))
+        for name in os.listdir(os.path.join(out, PARTS)):
+            _unlink(os.path.join(out, PARTS, name))
+    elif os.path.exists(manifest_path):
+        old = (read_json(manifest_path) or {}).get("settings") or {}
+        diff = _settings_diff(old, settings)
+        if diff:
+            raise PreprocessError(f"{out} already holds a {MANIFEST} built with other settings "
+                                  f"(differs in: {', '.join(diff)}); pass --overwrite to rebuild it")
+    files = expand_inputs(args.input)
+    ids = file_ids(files)
+    tasks, done = [], []
+    for f in files:
+        st = os.stat(f)
+        task = {"path": f, "file_id": ids[f], "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        rec = read_json(part_path(out, ids[f]))
+        if record_is_current(rec, task, settings, out):
+            rec["path"] = f  # the same file, maybe named differently (relative/absolute)
+            done.append(rec)
+        else:
+            tasks.append(task)
+    return {"files": files, "skipped": done, "assignment": assign_files(tasks, size)}
+
+
+# --------------------------------------------------------------------------- manifest
+
+def build_manifest(records: list[dict], settings: dict, files: list[str], ranks: int) -> dict:
+    """One manifest from the part records of all input files (deterministic: sorted by path)."""
+    records = sorted(records, key=lambda r: r["path"])
     splits = {}
     for split in SPLITS:
-        merged = {"samples": 0, "tokens": 0, "docs": 0, "text_bytes": 0, "shards": []}
-        for part in parts:
-            for k in merged:
-                merged[k] += part[split][k]
-        splits[split] = merged
-    bad_lines = {path: n for part in parts for path, n in part["bad_lines"].items()}
-    manifest = {"format": "dist_pretrain.lm/1", "seq_len": seq_len, "sample_len": seq_len + 1,
-                "dtype": "int32", "field": "tokens.npy", "total_tokens": splits["train"]["tokens"],
-                "tokenizer": tokenizer.info(), "splits": splits, "bad_lines": bad_lines,
-                **(extra or {})}
-    tmp = os.path.join(out_dir, MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, os.path.join(out_dir, MANIFEST))  # readers never see a half-written file
-    return manifest
+        shards = []
+        for rec in records:
+            for sh in rec["splits"][split]["shards"]:
+                shards.append({**sh, "source_files": [rec["path"]], "file_id": rec["file_id"],
+                               "rank": rec["rank"]})
+        shards.sort(key=lambda s: s["path"])
+        splits[split] = {k: sum(r["splits"][split][k] for r in records)
+                         for k in ("samples", "tokens", "docs", "text_bytes")}
+        splits[split]["shards"] = shards
+    fmt, seq_len = settings["format"], settings["seq_len"]
+    lm = fmt == "lm"
+    return {
+        "format": LM_FORMAT if lm else DOCS_FORMAT,
+        "seq_len": seq_len,
+        "sample_len": seq_len + 1 if lm else None,
+        "dtype": "int32",
+        "field": "tokens.npy",
+        "fields": ["tokens.npy"] if lm else ["tokens.npy", "sentences.npy"],
+        "total_tokens": splits["train"]["tokens"],
+        "tokenizer": settings["tokenizer"],
+        "splits": splits,
+        "bad_lines": {r["path"]: r["bad_lines"] for r in records if r["bad_lines"]},
+        "inputs": files,
+        "files": [{"path": r["path"], "file_id": r["file_id"], "size": r["size"], "lines": r["lines"],
+                   "bad_lines": r["bad_lines"], "docs": sum(r["splits"][s]["docs"] for s in SPLITS),
+                   "rank": r["rank"]} for r in records],
+        "ranks": ranks,
+        "settings": settings,
+    }
 
 
-def _summary(result: dict, seconds: float) -> str:
-    rows = [f"{'split':<6} {'docs':>9} {'samples':>10} {'tokens':>13} {'MB':>9} {'MB/s':>7} {'tok/s':>11}"]
-    total = {k: sum(result[s][k] for s in SPLITS) for k in ("docs", "samples", "tokens", "text_bytes")}
-    for split, r in [*((s, result[s]) for s in SPLITS), ("total", total)]:
-        mb = r["text_bytes"] / 1e6
-        rows.append(f"{split:<6} {r['docs']:>9,} {r['samples']:>10,} {r['tokens']:>13,} {mb:>9.1f} "
-                    f"{mb / seconds:>7.1f} {r['tokens'] / seconds:>11,.0f}")
+def write_manifest(out_dir: str, manifest: dict) -> None:
+    write_json_atomic(os.path.join(out_dir, MANIFEST), manifest)
+
+
+# --------------------------------------------------------------------------- driver
+
+def _summary(manifest: dict, stats: dict) -> str:
+    secs = max(stats["seconds"], 1e-9)
+    rows = [f"{'split':<6} {'docs':>9} {'samples':>10} {'tokens':>13} {'MB':>9} {'MB/s':>7} {'tokens/s':>11}"]
+    keys = ("docs", "samples", "tokens", "text_bytes")
+    total = {k: sum(manifest["splits"][s][k] for s in SPLITS) for k in keys}
+    ptotal = {k: sum(stats["processed"][s][k] for s in SPLITS) for k in keys}
+    for name, r, p in [*((s, manifest["splits"][s], stats["processed"][s]) for s in SPLITS),
+                       ("total", total, ptotal)]:
+        rows.append(f"{name:<6} {r['docs']:>9,} {r['samples']:>10,} {r['tokens']:>13,} "
+                    f"{r['text_bytes'] / 1e6:>9.1f} {p['text_bytes'] / 1e6 / secs:>7.1f} "
+                    f"{p['tokens'] / secs:>11,.0f}")
+    rows.append(f"(MB/s, tokens/s: files processed in this run; MB = input text)")
+    rows.append(f"ranks: {stats['ranks']}  threads/rank: {stats['threads_per_rank']}  files: "
+                f"{stats['files']} ({stats['files_done']} done, {stats['files_skipped']} skipped)  "
+                f"seconds: {stats['seconds']:.2f} (+{stats['setup_seconds']:.2f} setup)")
+    bad = manifest["bad_lines"]
+    if bad:
+        rows.append(f"bad lines skipped: {sum(bad.values())} in {len(bad)} file(s):")
+        rows += [f"  {n:>8,}  {p}" for p, n in sorted(bad.items())[:20]]
+        if len(bad) > 20:
+            rows.append(f"  ... and {len(bad) - 20} more (manifest 'bad_lines')")
+    else:
+        rows.append("bad lines skipped: 0")
     return "\n".join(rows)
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(prog="dist-pretrain preprocess", description=__doc__.split("\n")[0])
-    p.add_argument("--input", action="append", required=True, help="glob; repeatable")
-    p.add_argument("--tokenizer", required=True, help="'gpt2' or a path to a HF tokenizer.json")
-    p.add_argument("--seq-len", type=int, required=True)
+def _limit_threads(comm: Comm) -> int:
+    """Under MPI, share the node's cores between its ranks (tokenizers' Rust thread pool)."""
+    if comm.size == 1:
+        return int(os.environ.get("RAYON_NUM_THREADS") or os.cpu_count() or 1)
+    n = int(os.environ.get("RAYON_NUM_THREADS") or threads_per_rank(comm.local_size))
+    os.environ.setdefault("RAYON_NUM_THREADS", str(n))
+    if n == 1:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return n
+
+
+def _collective(comm: Comm, fn, *args):
+    """Run ``fn`` on rank 0 and broadcast its result, or the same error to every rank."""
+    result = err = None
+    if comm.rank == 0:
+        try:
+            result = fn(*args)
+        except (PreprocessError, FileNotFoundError) as e:
+            err = f"{e}"
+        except (OSError, ValueError) as e:
+            if comm.size == 1:
+                raise
+            traceback.print_exc()
+            err = f"rank 0: {type(e).__name__}: {e}"
+    result, err = comm.bcast((result, err))
+    if err is not None:
+        raise PreprocessError(err)
+    return result
+
+
+def run(args, comm: Comm | None = None) -> tuple[dict, dict]:
+    """The whole job on this rank; every rank returns ``(manifest, stats)`` or raises the same error."""
+    comm = comm or world()
+    t_setup = time.perf_counter()
+    threads = _limit_threads(comm)
+    try:
+        tok = load_tokenizer(args.tokenizer)
+    except (ValueError, OSError) as e:  # the same on every rank: all exit, none waits
+        raise PreprocessError(f"--tokenizer {args.tokenizer!r}: {e}") from e
+    settings = make_settings(args, tok)
+    plan = _collective(comm, make_plan, args, settings, comm.size)
+    mine = plan["assignment"][comm.rank]
+    setup_seconds = time.perf_counter() - t_setup
+    t0 = time.perf_counter()
+
+    from tqdm import tqdm
+    bar = tqdm(total=sum(t["size"] for t in mine), unit="B", unit_scale=True, position=comm.rank,
+               desc=f"rank {comm.rank}", disable=args.quiet, file=sys.stderr, dynamic_ncols=True,
+               leave=comm.size == 1)
+    records, errors = [], []
+    for task in mine:
+        try:
+            records.append(process_file(task, args.output, tok, settings, comm.rank,
+                                        args.max_bad_fraction, args.batch_mb << 20, bar.update))
+        except PreprocessError as e:
+            errors.append(str(e))
+        except Exception as e:  # noqa: BLE001 - under MPI, one rank raising would hang the rest
+            if comm.size == 1:
+                raise
+            traceback.print_exc()
+            errors.append(f"rank {comm.rank}: {task['path']}: {type(e).__name__}: {e}")
+        bar.set_postfix(files=f"{len(records)}/{len(mine)}", refresh=False)
+    bar.close()
+    busy = time.perf_counter() - t0
+    gathered = comm.gather((records, errors, busy))
+
+    def finish():
+        all_records = list(plan["skipped"])
+        errs = []
+        for recs, es, _ in gathered:
+            all_records += recs
+            errs += es
+        for rec in plan["skipped"]:  # the threshold may be lower than when they were done
+            if rec["bad_lines"] and rec["bad_lines"] > args.max_bad_fraction * rec["lines"]:
+                errs.append(bad_fraction_message(rec["path"], rec["bad_lines"], rec["lines"],
+                                                 args.max_bad_fraction))
+        if errs:
+            raise PreprocessError("\n".join(sorted(errs)))
+        manifest = build_manifest(all_records, settings, plan["files"], comm.size)
+        write_manifest(args.output, manifest)
+        seconds = time.perf_counter() - t0
+        processed = {s: {k: sum(r["splits"][s][k] for recs, _, _ in gathered for r in recs)
+                         for k in ("docs", "samples", "tokens", "text_bytes")} for s in SPLITS}
+        tokens = sum(processed[s]["tokens"] for s in SPLITS)
+        stats = {"ranks": comm.size, "threads_per_rank": threads, "files": len(plan["files"]),
+                 "files_done": sum(len(recs) for recs, _, _ in gathered),
+                 "files_skipped": len(plan["skipped"]),
+                 "files_by_rank": [[r["path"] for r in recs] for recs, _, _ in gathered],
+                 "seconds": seconds, "setup_seconds": setup_seconds,
+                 "rank_busy_seconds": [round(b, 3) for _, _, b in gathered],
+                 "processed": processed, "tokens_per_s": tokens / max(seconds, 1e-9),
+                 "text_mb_per_s": sum(processed[s]["text_bytes"] for s in SPLITS) / 1e6 / max(seconds, 1e-9)}
+        write_json_atomic(os.path.join(args.output, STATS), stats)
+        return manifest, stats
+
+    return _collective(comm, finish)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dist-pretrain preprocess", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--input", action="append", required=True,
+                   help="glob of .json(l)[.gz] or .txt[.gz] files; repeatable")
+    p.add_argument("--tokenizer", required=True,
+                   help="'gpt2', 'bert', or a path to a HF tokenizer.json / SentencePiece .model")
+    p.add_argument("--seq-len", type=int, required=True,
+                   help="lm: tokens per sample (+1 stored); docs: max tokens per segment")
     p.add_argument("--output", required=True)
+    p.add_argument("--format", choices=("lm", "docs"), default="lm",
+                   help="lm: packed causal-LM samples; docs: sentence-split document segments (BERT/T5)")
     p.add_argument("--samples-per-shard", type=int, default=8192)
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--val-fraction", type=float, default=0.0)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing manifest")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--text-field", default="text", help="JSON field holding the document text")
+    p.add_argument("--txt-docs", choices=("file", "paragraphs"), default="file",
+                   help=".txt inputs: one document per file, or per blank-line-separated paragraph")
+    p.add_argument("--val-fraction", type=float, default=0.0,
+                   help="fraction of non-validation documents moved to the valid split (by URL/text hash)")
+    p.add_argument("--max-bad-fraction", type=float, default=0.01,
+                   help="fail when a file has more than this fraction of bad lines")
+    p.add_argument("--batch-mb", type=int, default=8, help="text tokenized per encode_batch call")
+    p.add_argument("--overwrite", action="store_true", help="redo every file and rewrite the manifest")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    return p
+
+
+def main(argv=None) -> dict:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.seq_len < 1 or args.samples_per_shard < 1 or not 0 <= args.val_fraction < 1:
         p.error("--seq-len and --samples-per-shard must be >= 1, --val-fraction in [0, 1)")
-    if os.path.exists(os.path.join(args.output, MANIFEST)) and not args.overwrite:
-        p.error(f"{args.output} already holds a {MANIFEST}; pass --overwrite to rebuild it")
-    files = expand_inputs(args.input)
-    tok = load_tokenizer(args.tokenizer)
-    t0 = time.perf_counter()
-    result = process_files(files, args.output, tok, args.seq_len, args.samples_per_shard,
-                           args.text_field, args.val_fraction, progress=not args.quiet)
-    seconds = time.perf_counter() - t0
-    manifest = write_manifest(args.output, [result], args.seq_len, tok,
-                              {"inputs": files, "seconds": round(seconds, 3)})
-    for path, n in sorted(manifest["bad_lines"].items()):
-        print(f"warning: skipped {n} bad line(s) in {path}", file=sys.stderr)
-    if not args.quiet:
-        print(_summary(manifest["splits"], seconds))
-        print(f"bad lines skipped: {sum(manifest['bad_lines'].values())}")
-        print(f"wrote {args.output}/{MANIFEST} ({seconds:.1f}s)")
+    if not 0 <= args.max_bad_fraction <= 1 or args.batch_mb < 1:
+        p.error("--max-bad-fraction must be in [0, 1], --batch-mb >= 1")
+    comm = world()
+    try:
+        manifest, stats = run(args, comm)
+    except PreprocessError as e:
+        if comm.rank == 0:
+            print(f"dist-pretrain preprocess: error: {e}", file=sys.stderr)
+        raise SystemExit(1 if comm.size > 1 else f"dist-pretrain preprocess: error: {e}") from None
+    except BaseException:
+        if comm.size > 1:  # anything unexpected: take the whole job down instead of hanging it
+            traceback.print_exc()
+            comm.abort(1)
+        raise
+    if comm.rank == 0 and not args.quiet:
+        print(_summary(manifest, stats))
+        print(f"wrote {os.path.join(args.output, MANIFEST)}")
     return manifest
 
 
