@@ -69,21 +69,27 @@ def test_demo_corpus_is_c4_layout(data):
 
 @pytest.mark.parametrize("split,pattern", [("train", "c4-train.*"), ("valid", "c4-validation.*")])
 def test_round_trip_reproduces_token_stream(data, tok, split, pattern):
+    # Packing is per input file: each file's documents + EOS form one stream, cut into
+    # overlapping seq_len + 1 windows, remainder dropped; shards are listed file by file.
     c4, out = data
     m = read_manifest(out)
-    stream = [t for ids in tok.encode_batch(_docs(sorted(glob.glob(str(c4 / pattern)))))
-              for t in ids + [tok.eos_id]]
+    files = list(dict.fromkeys(s["source_files"][0] for s in m["splits"][split]["shards"]))
+    assert sorted(files) == sorted(glob.glob(str(c4 / pattern)))
+    expected = []
+    for f in files:
+        stream = [t for ids in tok.encode_batch(_docs([f])) for t in ids + [tok.eos_id]]
+        n = (len(stream) - 1) // SEQ_LEN
+        expected += [stream[i * SEQ_LEN: i * SEQ_LEN + SEQ_LEN + 1] for i in range(n)]
     loader = build_lm_loader(out, split, 1, 0, 1, seed=0, num_workers=0, infinite=False)
     samples = [b["tokens"][0].numpy() for b in loader]
     assert all(s.shape == (SEQ_LEN + 1,) for s in samples)
-    assert all(np.array_equal(a[-1:], b[:1]) for a, b in zip(samples, samples[1:]))  # overlap
-    packed = np.concatenate([samples[0]] + [s[1:] for s in samples[1:]])
-    assert len(samples) == m["splits"][split]["samples"] == (len(stream) - 1) // SEQ_LEN
-    assert packed.tolist() == stream[:len(packed)]
+    assert len(samples) == m["splits"][split]["samples"] == len(expected)
+    assert [s.tolist() for s in samples] == expected
     assert m["splits"][split]["tokens"] == len(samples) * SEQ_LEN
     for shard in m["splits"][split]["shards"]:
         with open(os.path.join(out, shard["path"]), "rb") as f:
-            assert hashlib.sha256(f.read()).hexdigest() == shard["sha256"]
+            blob = f.read()
+        assert hashlib.sha256(blob).hexdigest() == shard["sha256"] and len(blob) == shard["bytes"]
 
 
 def test_manifest(data, tok):
@@ -91,7 +97,11 @@ def test_manifest(data, tok):
     assert m["seq_len"] == SEQ_LEN and m["total_tokens"] == m["splits"]["train"]["tokens"]
     assert m["tokenizer"] == {"name": "gpt2", "vocab_size": 50257, "eos_id": 50256,
                               "vocab_hash": tok.vocab_hash}
-    assert [s["path"] for s in m["splits"]["valid"]["shards"]] == ["valid-000000.tar", "valid-000001.tar"]
+    # shards are per input file: {split}-{file_id}-{k:05d}.tar, file_id = key-safe stem + path hash
+    ids = preprocess.file_ids(sorted(str(p) for p in data[0].iterdir()))
+    fid = ids[str(data[0] / "c4-validation.00000-of-00001.json.gz")]
+    assert re.fullmatch(r"c4-validation-00000-of-00001-[0-9a-f]{8}", fid)
+    assert [s["path"] for s in m["splits"]["valid"]["shards"]] == [f"valid-{fid}-{k:05d}.tar" for k in range(2)]
     assert all("validation" in f for s in m["splits"]["valid"]["shards"] for f in s["source_files"])
 
 
@@ -140,7 +150,7 @@ def test_bad_lines_txt_and_val_fraction(tmp_path):
     (tmp_path / "b.txt").write_text("A whole plain text file is one document.\n" * 20)
     m = preprocess.main(["--input", str(tmp_path / "a.jsonl"), "--input", str(tmp_path / "*.txt"),
                          "--tokenizer", "gpt2", "--seq-len", "16", "--output", str(tmp_path / "out"),
-                         "--val-fraction", "0.25", "--quiet"])
+                         "--val-fraction", "0.25", "--max-bad-fraction", "0.1", "--quiet"])
     assert m["bad_lines"] == {str(tmp_path / "a.jsonl"): 4}
     docs = {s: m["splits"][s]["docs"] for s in ("train", "valid")}
     assert sum(docs.values()) == 41 and docs["valid"] > 0 and docs["train"] > docs["valid"]

@@ -775,9 +775,11 @@ def main(argv=None) -> dict:
     try:
         manifest, stats = run(args, comm)
     except PreprocessError as e:
-        if comm.rank == 0:
-            print(f"dist-pretrain preprocess: error: {e}", file=sys.stderr)
-        raise SystemExit(1 if comm.size > 1 else f"dist-pretrain preprocess: error: {e}") from None
+        if comm.size == 1:
+            raise SystemExit(f"dist-pretrain preprocess: error: {e}") from None
+        if comm.rank == 0:  # every rank has the same error: print it once
+            print(f"dist-pretrain preprocess: error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
     except BaseException:
         if comm.size > 1:  # anything unexpected: take the whole job down instead of hanging it
             traceback.print_exc()
