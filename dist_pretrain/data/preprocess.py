@@ -87,14 +87,16 @@ class PreprocessError(RuntimeError):
 # --------------------------------------------------------------------------- inputs
 
 def expand_inputs(patterns: list[str]) -> list[str]:
-    """Sorted, de-duplicated files matching the globs; a pattern matching nothing is an error."""
-    files = set()
+    """Sorted files matching the globs, each file once however often it matches (first
+    spelling kept); a pattern matching nothing is an error."""
+    files: dict[str, str] = {}
     for pat in patterns:
         hits = [f for f in glob.glob(pat, recursive=True) if os.path.isfile(f)]
         if not hits:
             raise FileNotFoundError(f"--input {pat!r} matches no file")
-        files.update(hits)
-    return sorted(files)
+        for f in sorted(hits):
+            files.setdefault(os.path.realpath(f), os.path.normpath(f))
+    return sorted(files.values())
 
 
 _EXTENSIONS = (".json.gz", ".jsonl.gz", ".txt.gz", ".json", ".jsonl", ".txt", ".gz")
@@ -491,7 +493,9 @@ def bad_fraction_message(path: str, bad: int, lines: int, limit: float) -> str:
 
 def make_settings(args, tok: TextTokenizer) -> dict:
     """Everything that changes a file's output: a part record is reused only if these match."""
-    return {"format": args.format, "seq_len": args.seq_len, "tokenizer": tok.info(),
+    # The vocabulary, not the name: the same tokenizer.json under another path is the same.
+    vocab = {"vocab_hash": tok.vocab_hash, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id}
+    return {"format": args.format, "seq_len": args.seq_len, "tokenizer": vocab,
             "samples_per_shard": args.samples_per_shard, "text_field": args.text_field,
             "txt_docs": args.txt_docs, "val_fraction": args.val_fraction,
             "val_rule": "name contains 'validation'; else blake2b(url or text) < val_fraction"}
@@ -572,7 +576,8 @@ def make_plan(args, settings: dict, size: int) -> dict:
 
 # --------------------------------------------------------------------------- manifest
 
-def build_manifest(records: list[dict], settings: dict, files: list[str], ranks: int) -> dict:
+def build_manifest(records: list[dict], settings: dict, files: list[str], ranks: int,
+                   tokenizer: dict | None = None) -> dict:
     """One manifest from the part records of all input files (deterministic: sorted by path)."""
     records = sorted(records, key=lambda r: r["path"])
     splits = {}
@@ -596,7 +601,7 @@ def build_manifest(records: list[dict], settings: dict, files: list[str], ranks:
         "field": "tokens.npy",
         "fields": ["tokens.npy"] if lm else ["tokens.npy", "sentences.npy"],
         "total_tokens": splits["train"]["tokens"],
-        "tokenizer": settings["tokenizer"],
+        "tokenizer": tokenizer or settings["tokenizer"],
         "splits": splits,
         "bad_lines": {r["path"]: r["bad_lines"] for r in records if r["bad_lines"]},
         "inputs": files,
@@ -718,7 +723,7 @@ def run(args, comm: Comm | None = None) -> tuple[dict, dict]:
                                                  args.max_bad_fraction))
         if errs:
             raise PreprocessError("\n".join(sorted(errs)))
-        manifest = build_manifest(all_records, settings, plan["files"], comm.size)
+        manifest = build_manifest(all_records, settings, plan["files"], comm.size, tok.info())
         write_manifest(args.output, manifest)
         seconds = time.perf_counter() - t0
         processed = {s: {k: sum(r["splits"][s][k] for recs, _, _ in gathered for r in recs)

@@ -36,7 +36,8 @@ _ACRONYM = re.compile(r"(?:[A-Za-z]\.)+[A-Za-z]")  # e.g / U.S / a.m (final dot 
 
 def _is_abbreviation(text: str, end: int, next_char: str) -> bool:
     """Whether the ``.`` at ``text[end - 1]`` belongs to the word before it."""
-    m = _WORD_BEFORE.search(text, 0, end - 1)
+    # only the last few characters: searching text[:end] for "\S+$" would rescan the line
+    m = _WORD_BEFORE.search(text[max(0, end - 40): end - 1])
     if m is None:
         return False
     word = m.group(1).lstrip("\"'“‘([")
