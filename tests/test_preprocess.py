@@ -267,6 +267,13 @@ def test_txt_inputs_and_val_fraction(tmp_path):
     valid = sum(preprocess.split_of("c.jsonl", f"https://x/{i}", 0.1) == "valid" for i in range(2000))
     assert m["splits"]["valid"]["docs"] == valid and 150 < valid < 250
     assert preprocess.split_of("c4-validation.00000-of-00008.json.gz", "x", 0.0) == "valid"
+    # plain JSON lines, gzip'd, text under another field
+    with gzip.open(tmp_path / "d.jsonl.gz", "wt") as f:
+        f.write("\n".join(json.dumps({"content": f"Text number {i}."}) for i in range(50)))
+    m = preprocess.main(["--input", str(tmp_path / "d.jsonl.gz"), "--tokenizer", "gpt2", "--seq-len", "4",
+                         "--quiet", "--output", str(tmp_path / "d"), "--text-field", "content"])
+    assert m["splits"]["train"]["docs"] == 50 and not m["bad_lines"]
+    assert m["splits"]["train"]["shards"][0]["path"].startswith("train-d-")
 
 
 def _segments(sentence_ids, seq_len):
