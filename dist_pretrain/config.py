@@ -80,11 +80,25 @@ class TrainConfig(_Section):
     threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads per process")
 
 
+class BlendEntry(_Section):
+    path: str
+    weight: float = Field(gt=0.0)
+
+
 class DataConfig(_Section):
     path: Optional[str] = Field(None, description="directory written by `dist-pretrain preprocess`")
+    blend: Optional[list[BlendEntry]] = Field(None, description="several datasets with weights")
     synthetic: bool = Field(False, description="random tokens (tests only)")
     num_workers: int = Field(1, ge=0)
-    shuffle_buffer: int = Field(1000, ge=1)
+    shuffle_buffer: int = Field(256, ge=1, description="per-shard shuffle buffer of each sub-stream")
+    on_corrupt: Literal["skip", "fail"] = "skip"
+    valid_path: Optional[str] = Field(None, description="validation data; default: data.path or the "
+                                                         "first blend entry")
+
+    def sources(self) -> list[tuple[str, float]]:
+        if self.blend:
+            return [(b.path, b.weight) for b in self.blend]
+        return [(self.path, 1.0)] if self.path else []
 
 
 class MonitorConfig(_Section):
@@ -251,9 +265,12 @@ def validate(cfg: Config, world_size: int, vocab_size: Optional[int] = None) -> 
         err(f"train.warmup_steps={tr.warmup_steps} exceeds train.steps={tr.steps}")
     if tr.min_lr > tr.lr:
         err(f"train.min_lr={tr.min_lr} exceeds train.lr={tr.lr}")
-    if not cfg.data.synthetic and not cfg.data.path:
+    if cfg.data.path and cfg.data.blend:
+        err("data.path and data.blend are both set; use data.path for one dataset or data.blend "
+            "for several")
+    elif not cfg.data.synthetic and not cfg.data.sources():
         err("data.path is not set; run `dist-pretrain preprocess ... --output DIR` and set data.path=DIR "
-            "(or data.synthetic=true for tests)")
+            "(or data.blend=[{path: DIR, weight: W}, ...], or data.synthetic=true for tests)")
     if vocab_size is not None and padded_vocab_size(cfg, vocab_size) % tp:
         err(
             f"padded vocab {padded_vocab_size(cfg, vocab_size)} is not divisible by parallel.tensor={tp}; "

@@ -19,7 +19,7 @@ from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
 
-from dist_pretrain.config import Config, deepspeed_config, padded_vocab_size, validate
+from dist_pretrain.config import Config, ConfigError, deepspeed_config, padded_vocab_size, validate
 from dist_pretrain.families import get_family
 from dist_pretrain.families.gpt import fan_out
 from dist_pretrain.models.init import init_layout_independent
@@ -42,14 +42,24 @@ def learning_rate(step: int, cfg: Config) -> float:
 
 
 def resolve_vocab_size(cfg: Config) -> int:
-    """Tokenizer vocab from the data manifest, unless the config sets it."""
-    if cfg.model.vocab_size:
-        return cfg.model.vocab_size
-    if cfg.data.synthetic:
-        return 512
+    """Tokenizer vocab from the data manifests (which must agree), unless the config sets it."""
+    if cfg.data.synthetic or not cfg.data.sources():
+        return cfg.model.vocab_size or 512
     from dist_pretrain.data.loader import read_manifest
 
-    return int(read_manifest(cfg.data.path)["tokenizer"]["vocab_size"])
+    manifests = [(path, read_manifest(path)) for path, _ in cfg.data.sources()]
+    first_path, first = manifests[0]
+    for path, man in manifests:
+        for key, value, first_value in [("tokenizer vocab_hash", man["tokenizer"]["vocab_hash"],
+                                         first["tokenizer"]["vocab_hash"]),
+                                        ("seq_len", man["seq_len"], first["seq_len"])]:
+            if value != first_value:
+                raise ConfigError(f"data: {path} has {key} {value} but {first_path} has {first_value}; "
+                                  "blended datasets must share tokenizer and sequence length")
+    if first["seq_len"] != cfg.model.seq_length:
+        raise ConfigError(f"model.seq_length={cfg.model.seq_length} but {first_path} was preprocessed "
+                          f"with --seq-len {first['seq_len']}; set model.seq_length={first['seq_len']}")
+    return cfg.model.vocab_size or int(first["tokenizer"]["vocab_size"])
 
 
 def build_model_chunks(cfg: Config, family, tconfig, vocab_size: int) -> list[torch.nn.Module]:
@@ -89,7 +99,8 @@ def build_engine(cfg: Config, rt: Runtime, chunks, tconfig, num_microbatches: in
 def to_device(batches, device: torch.device):
     """Move each batch to the training device (a no-op on CPU)."""
     for batch in batches:
-        yield {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        yield {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+               for k, v in batch.items()}
 
 
 def _global_loss(outputs: list[dict], key: str, rt: Runtime) -> float:
@@ -122,7 +133,8 @@ class Trainer:
         self.forward_backward = get_forward_backward_func()
         self.monitor = Monitor(cfg.run_dir, self.rt.is_logging_rank, cfg.monitor.tensorboard,
                                cfg.train.log_interval)
-        self.train_data = TimedIterator(to_device(self._batches("train"), self.rt.device))
+        self.train_stream = self._batches("train")
+        self.train_data = TimedIterator(to_device(self.train_stream, self.rt.device))
         self.flops_per_token = self.family.flops_per_token(cfg, self.vocab_size)
         self.peak_tflops = cfg.monitor.peak_tflops or measure_gemm_tflops(
             torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32, self.rt.device)
@@ -149,7 +161,7 @@ class Trainer:
         t0 = time.perf_counter()
         outputs = self._run_schedule(self.train_data, forward_only=False)
         grad_norm = self.engine.step(lr)
-        loss = _global_loss(outputs, "lm loss", self.rt)
+        loss = _global_loss(outputs, self.family.loss_key, self.rt)
         step_s = time.perf_counter() - t0
         data_wait = self.train_data.take_wait()
         tokens = self.cfg.train.global_batch_size * self.cfg.model.seq_length
@@ -158,7 +170,15 @@ class Trainer:
                   "time/data_wait_share": data_wait / step_s, "memory/peak_gb": memory_gb(self.rt.device)}
         values.update(throughput(tokens, step_s, self.flops_per_token, self.rt.env.world_size,
                                  self.peak_tflops))
+        skipped = getattr(self.train_stream, "skipped_shards", None)
+        if skipped is not None:
+            values["data/corrupt_shards_skipped"] = float(len(skipped))
         return values
+
+    def data_state(self) -> dict:
+        """Where the training stream stands (for checkpoints): global steps handed out."""
+        state = getattr(self.train_stream, "state_dict", None)
+        return state() if state else {}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -167,7 +187,7 @@ class Trainer:
         total = torch.zeros(2, dtype=torch.float64)
         for _ in range(self.cfg.train.eval_steps):
             outputs = self._run_schedule(data, forward_only=True)
-            loss = _global_loss(outputs, "lm loss", self.rt)
+            loss = _global_loss(outputs, self.family.loss_key, self.rt)
             total += torch.tensor([loss, 1.0], dtype=torch.float64)
         self.engine.train(True)
         val_loss = float(total[0] / total[1])

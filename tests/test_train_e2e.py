@@ -67,6 +67,7 @@ def test_demo_config_trains_and_logs(shards, tmp_path, layout):
 
 def test_bad_config_fails_fast_with_the_reason(shards, tmp_path):
     proc = _launch("configs/gpt/demo.yaml", f"data.path={shards}", "model.num_attention_heads=1",
+                   "model.seq_length=64",
                    timeout=120)
     assert proc.returncode != 0
     assert "model.num_attention_heads=1 is not divisible by parallel.tensor=2" in proc.stderr
@@ -76,3 +77,9 @@ def test_missing_data_is_an_early_error(tmp_path):
     proc = _launch("configs/gpt/demo.yaml", f"data.path={tmp_path / 'nope'}", timeout=120)
     assert proc.returncode != 0
     assert "dist-pretrain preprocess" in proc.stderr and "nope" in proc.stderr
+
+
+def test_seq_length_must_match_the_shards(shards):
+    proc = _launch("configs/gpt/demo.yaml", f"data.path={shards}", timeout=120)
+    assert proc.returncode != 0
+    assert "model.seq_length=256 but" in proc.stderr and "--seq-len 64" in proc.stderr

@@ -23,9 +23,9 @@ def synthetic_sample(index: int, seed: int, vocab_size: int, seq_len: int) -> to
 
 def synthetic_lm_batches(vocab_size: int, seq_len: int, global_batch_size: int,
                          micro_batch_size: int, dp_rank: int, dp_size: int,
-                         seed: int) -> Iterator[dict[str, torch.Tensor]]:
+                         seed: int, start_step: int = 0) -> Iterator[dict[str, torch.Tensor]]:
     per_rank = global_batch_size // dp_size
-    step = 0
+    step = start_step
     while True:
         first = step * global_batch_size + dp_rank * per_rank
         for m in range(0, per_rank, micro_batch_size):

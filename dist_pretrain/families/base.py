@@ -27,12 +27,12 @@ class Family(Protocol):
     ) -> tuple[torch.Tensor, Callable[[torch.Tensor], tuple]]:
         """Run one micro-batch through a chunk; return (output, loss_func) as megatron expects."""
 
-    def batches(self, cfg: Config, split: str, dp_rank: int, dp_size: int,
-                micro_batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
-        """Collated micro-batches for this data-parallel rank."""
+    def batches(self, cfg: Config, split: str, dp_rank: int, dp_size: int, micro_batch_size: int,
+                seed: int, vocab_size: int, start_step: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """Collated micro-batches for this data-parallel rank, from global step ``start_step``."""
 
     def flops_per_token(self, cfg: Config, vocab_size: int) -> float:
         """Model FLOPs for forward + backward of one token (no recompute)."""
 
-    def metrics(self, outputs: list[dict[str, Any]]) -> dict[str, float]:
-        """Reduce the per-micro-batch dicts returned by loss_func into logged scalars."""
+    loss_key: str
+    """Key of the [loss sum, token count] pair in the dicts loss_func returns."""

@@ -41,6 +41,7 @@ def lm_flops_per_token(num_layers: int, hidden: int, ffn: int, seq: int, vocab: 
 
 class GPTFamily:
     name = "gpt"
+    loss_key = "lm loss"
 
     def build_chunk(self, cfg: Config, tconfig: TransformerConfig, vocab_size: int,
                     pre_process: bool, post_process: bool, vp_stage: int | None) -> torch.nn.Module:
@@ -80,29 +81,33 @@ class GPTFamily:
         return loss_sum, num_tokens, {"lm loss": torch.stack([loss_sum.detach(), num_tokens.float()])}
 
     def batches(self, cfg: Config, split: str, dp_rank: int, dp_size: int, micro_batch_size: int,
-                seed: int, vocab_size: int) -> Iterator[dict[str, torch.Tensor]]:
+                seed: int, vocab_size: int, start_step: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         if cfg.data.synthetic:
             return synthetic_lm_batches(
                 vocab_size=vocab_size, seq_len=cfg.model.seq_length,
                 global_batch_size=cfg.train.global_batch_size, micro_batch_size=micro_batch_size,
                 dp_rank=dp_rank, dp_size=dp_size, seed=seed + (0 if split == "train" else 1),
+                start_step=start_step,
+            )
+        if split == "train":
+            from dist_pretrain.data.stream import build_train_stream
+
+            return build_train_stream(
+                cfg.data.sources(), cfg.train.global_batch_size, micro_batch_size, dp_rank, dp_size,
+                seed, num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer,
+                on_corrupt=cfg.data.on_corrupt, start_step=start_step,
             )
         from dist_pretrain.data.loader import build_lm_loader
 
         loader = build_lm_loader(
-            cfg.data.path, split, micro_batch_size=micro_batch_size, dp_rank=dp_rank,
-            dp_size=dp_size, seed=seed, num_workers=cfg.data.num_workers,
-            shuffle_buffer=cfg.data.shuffle_buffer, infinite=(split == "train"),
+            cfg.data.valid_path or cfg.data.sources()[0][0], "valid", micro_batch_size=micro_batch_size,
+            dp_rank=dp_rank, dp_size=dp_size, seed=seed, num_workers=cfg.data.num_workers, infinite=False,
         )
-        return iter(loader) if split == "train" else _full_batches_forever(loader, micro_batch_size)
+        return _full_batches_forever(loader, micro_batch_size)
 
     def flops_per_token(self, cfg: Config, vocab_size: int) -> float:
         m = cfg.model
         return lm_flops_per_token(m.num_layers, m.hidden_size, m.ffn, m.seq_length, vocab_size)
-
-    @staticmethod
-    def metric_names() -> list[str]:
-        return ["lm loss"]
 
 
 def _full_batches_forever(loader, micro_batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
