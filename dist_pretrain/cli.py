@@ -1,4 +1,4 @@
-"""``dist-pretrain`` command: train, preprocess, demo-corpus."""
+"""``dist-pretrain`` command: train, preprocess, tokenizer train, demo-corpus."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def _train(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"train", "preprocess", "demo-corpus"}
+    commands = {"train", "preprocess", "demo-corpus", "tokenizer"}
     if not argv or argv[0] not in commands:
         print(f"usage: dist-pretrain {{{','.join(sorted(commands))}}} ...", file=sys.stderr)
         return 2
@@ -45,6 +45,15 @@ def main(argv: list[str] | None = None) -> int:
         from dist_pretrain.data.preprocess import main as preprocess_main
 
         preprocess_main(rest)
+        return 0
+    if cmd == "tokenizer":
+        if not rest or rest[0] != "train":
+            print("usage: dist-pretrain tokenizer train --kind bpe|wordpiece|unigram|sentencepiece ...",
+                  file=sys.stderr)
+            return 2
+        from dist_pretrain.data.train_tokenizer import main as train_tokenizer_main
+
+        train_tokenizer_main(rest[1:])
         return 0
     from dist_pretrain.data.demo_corpus import main as corpus_main
 

@@ -183,12 +183,19 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         self.engine.train(False)
-        data = to_device(self._batches("valid"), self.rt.device)
+        batches = self._batches("valid")
+        data = to_device(batches, self.rt.device)
         total = torch.zeros(2, dtype=torch.float64)
-        for _ in range(self.cfg.train.eval_steps):
-            outputs = self._run_schedule(data, forward_only=True)
-            loss = _global_loss(outputs, self.family.loss_key, self.rt)
-            total += torch.tensor([loss, 1.0], dtype=torch.float64)
+        try:
+            for _ in range(self.cfg.train.eval_steps):
+                outputs = self._run_schedule(data, forward_only=True)
+                loss = _global_loss(outputs, self.family.loss_key, self.rt)
+                total += torch.tensor([loss, 1.0], dtype=torch.float64)
+        finally:
+            # stop this pass's loader workers now: left running they block the process exit
+            data.close()
+            if hasattr(batches, "close"):
+                batches.close()
         self.engine.train(True)
         val_loss = float(total[0] / total[1])
         return {"val/loss": val_loss, "val/perplexity": math.exp(min(val_loss, 50.0))}
@@ -212,6 +219,8 @@ class Trainer:
             self.monitor.console(step, cfg.train.steps, values)
             history.append({"step": step, **values})
         self.monitor.close()
+        if hasattr(self.train_stream, "close"):
+            self.train_stream.close()
         if self.rt.is_logging_rank:
             Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
             (Path(cfg.run_dir) / "history.json").write_text(json.dumps(history, indent=1))

@@ -83,3 +83,25 @@ def test_seq_length_must_match_the_shards(shards):
     proc = _launch("configs/gpt/demo.yaml", f"data.path={shards}", timeout=120)
     assert proc.returncode != 0
     assert "model.seq_length=256 but" in proc.stderr and "--seq-len 64" in proc.stderr
+
+
+def test_dp2_two_workers_uneven_shards_and_a_truncated_one(shards, tmp_path):
+    """2 DP ranks x 2 loader workers over uneven shards (last shard of each file is short),
+    one shard truncated: training and validation finish (no rank left waiting) and the
+    skipped shard is named and counted in TensorBoard."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(shards, data)
+    tars = sorted(data.glob("train-*.tar"))
+    assert len({t.stat().st_size for t in tars}) > 1  # uneven
+    for victim in tars[: len(tars) // 2]:  # truncate half of them so the stream surely meets one
+        victim.write_bytes(victim.read_bytes()[:2000])
+    run_dir = tmp_path / "run"
+    proc = _launch("configs/gpt/demo.yaml", f"data.path={data}", f"run_dir={run_dir}", *SMALL,
+                   "parallel.tensor=1", "data.num_workers=2", "train.precision=fp32", timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "DP 2" in proc.stdout and "validation at step 8" in proc.stdout
+    assert "skipping corrupt shard" in proc.stderr and "train-" in proc.stderr
+    skipped = _scalars(run_dir)["data/corrupt_shards_skipped"]
+    assert skipped[-1] >= 1

@@ -35,7 +35,7 @@ import hashlib
 import io
 import os
 import random
-import warnings
+import sys
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -119,7 +119,8 @@ class SubStream:
     def _corrupt(self, shard: Shard, why: str) -> None:
         if self.on_corrupt == "fail":
             raise CorruptShardError(f"corrupt shard {shard.url}: {why}")
-        warnings.warn(f"skipping corrupt shard {shard.url}: {why}")
+        # printed, not warnings.warn: launchers silence Python warnings, an operator must see this
+        print(f"warning: skipping corrupt shard {shard.url}: {why}", file=sys.stderr, flush=True)
         self.skipped.append(shard.url)
 
     def _source_iter(self, d: int, skip: int) -> Iterator[tuple[str, np.ndarray]]:
