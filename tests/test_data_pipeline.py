@@ -80,7 +80,7 @@ def test_round_trip_reproduces_token_stream(data, tok, split, pattern):
         stream = [t for ids in tok.encode_batch(_docs([f])) for t in ids + [tok.eos_id]]
         n = (len(stream) - 1) // SEQ_LEN
         expected += [stream[i * SEQ_LEN: i * SEQ_LEN + SEQ_LEN + 1] for i in range(n)]
-    loader = build_lm_loader(out, split, 1, 0, 1, seed=0, num_workers=0, infinite=False)
+    loader = build_lm_loader(out, split, 1, 0, 1, num_workers=0)
     samples = [b["tokens"][0].numpy() for b in loader]
     assert all(s.shape == (SEQ_LEN + 1,) for s in samples)
     assert len(samples) == m["splits"][split]["samples"] == len(expected)
@@ -118,29 +118,11 @@ def _rows(loader, n=None):
 def test_exactly_once_dp_ranks_are_disjoint_and_complete(data, split, dp_size, workers):
     out = data[1]
     total = read_manifest(out)["splits"][split]["samples"]
-    loaders = [build_lm_loader(out, split, 8, r, dp_size, seed=0, num_workers=workers, infinite=False)
+    loaders = [build_lm_loader(out, split, 8, r, dp_size, num_workers=workers)
                for r in range(dp_size)]
     per_rank = [_rows(ld) for ld in loaders]
     assert [len(r) for r in per_rank] == [ld.num_samples for ld in loaders]
     assert sum(map(len, per_rank)) == total == len(set().union(*map(set, per_rank)))
-
-
-def test_training_loader_seeding(data):
-    out = data[1]
-
-    def first(seed, rank=0, workers=2):
-        ld = build_lm_loader(out, "train", 4, rank, 2, seed=seed, num_workers=workers, shuffle_buffer=200)
-        return torch.cat([next(ld)["tokens"] for _ in range(6)])
-
-    a = first(1)
-    assert a.shape == (24, SEQ_LEN + 1) and a.dtype == torch.long
-    assert torch.equal(a, first(1))              # same seed: same batches
-    assert not torch.equal(a, first(2))          # other seed: other batches
-    rank1 = {r.numpy().tobytes() for r in first(1, rank=1)}
-    assert rank1.isdisjoint({r.numpy().tobytes() for r in a})  # disjoint shard subsets
-    # fewer shards (2) than DP ranks (4): every rank resamples all shards, still never hangs
-    few = build_lm_loader(out, "valid", 4, 3, 4, seed=0, num_workers=2)
-    assert next(few)["tokens"].shape == (4, SEQ_LEN + 1)
 
 
 def test_bad_lines_txt_and_val_fraction(tmp_path):
@@ -161,6 +143,6 @@ def test_bad_lines_txt_and_val_fraction(tmp_path):
 
 def test_missing_data_dir_says_how_to_create_it(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"does not exist.*dist-pretrain preprocess"):
-        build_lm_loader(str(tmp_path / "nope"), "train", 2, 0, 1, seed=0)
+        build_lm_loader(str(tmp_path / "nope"), "train", 2, 0, 1)
     with pytest.raises(FileNotFoundError, match=r"manifest\.json not found.*dist-pretrain preprocess"):
         read_manifest(str(tmp_path))

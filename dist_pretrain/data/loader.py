@@ -1,27 +1,22 @@
-"""Streaming loaders over the WebDataset shards written by ``preprocess``.
+"""Exactly-once evaluation loader over the WebDataset shards written by ``preprocess``.
 
-Sharding uses the *data-parallel* rank and size passed in, never
-``torch.distributed.get_rank()``: with tensor/pipeline parallelism every TP/PP rank of one
-DP replica must see identical batches, and only the caller knows the DP coordinates.
+Training reads through ``stream.py`` (resampled, blended, resumable); validation needs
+every sample of the split exactly once instead. Sharding uses the *data-parallel* rank
+and size passed in, never ``torch.distributed.get_rank()``: all TP/PP ranks of one DP
+replica must see identical batches.
 
-* ``infinite=True`` (training): each DP rank takes its share of shards (all of them when
-  there are fewer shards than DP ranks) and *resamples* from it forever, as the webdataset
-  maintainers recommend for multi-node training: no epoch boundary, so ranks with unequal
-  shards can never hang. All randomness is seeded from (seed, dp_rank, worker), so a re-run
-  with the same seed yields the same batches.
-* ``infinite=False`` (validation): every sample of the rank's share exactly once, in order.
-  With fewer shards than DP ranks, every rank reads all shards and keeps every
-  ``dp_size``-th sample; with fewer shards than workers, fewer workers are started.
-  Batches may be ragged at the end; ranks may get different batch counts (see num_samples).
+With fewer shards than DP ranks, every rank reads all shards and keeps every
+``dp_size``-th sample; with fewer shards than workers, fewer workers are started. So no
+rank waits on another at the end of a pass, whatever the shard counts: batches may be
+ragged at the end and ranks may get different batch counts (see ``num_samples``), which
+is why the trainer runs a fixed number of full evaluation batches on every rank.
 """
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import json
 import os
-import random
 
 import numpy as np
 import torch
@@ -44,11 +39,6 @@ def read_manifest(data_dir: str) -> dict:
         return json.load(f)
 
 
-def _seed(*parts) -> int:
-    # sha256, not hash(): Python's str hash changes per process (PYTHONHASHSEED).
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
-
-
 def _worker() -> tuple[int, int]:
     info = get_worker_info()
     return (info.id, info.num_workers) if info is not None else (0, 1)
@@ -65,15 +55,6 @@ def _split_by_worker(src):
     for i, item in enumerate(src):
         if i % nworkers == wid:
             yield item
-
-
-def _worker_seed(seed: int, dp_rank: int) -> int:
-    return _seed("shards", seed, dp_rank, _worker()[0])
-
-
-def _seeded_shuffle(src, bufsize: int, seed: int, dp_rank: int):
-    rng_seed = _seed("shuffle", seed, dp_rank, _worker()[0])
-    return wds.shuffle(bufsize, initial=min(bufsize, 100), seed=rng_seed)(src)
 
 
 def _every_nth(src, offsets: dict, dp_rank: int, dp_size: int):
@@ -96,29 +77,19 @@ def _collate(samples: list[np.ndarray]) -> dict:
 
 
 class LMLoader:
-    """Iterator over ``{"tokens": LongTensor[micro_batch_size, seq_len + 1]}`` batches.
+    """Iterable of ``{"tokens": LongTensor[<= micro_batch_size, seq_len + 1]}`` batches; each
+    ``for`` loop is a fresh pass. ``num_samples`` is this DP rank's share of the split."""
 
-    ``next(loader)`` continues one stream; ``for b in loader`` starts a fresh pass (use that
-    for each validation run). ``num_samples`` is this DP rank's share (None if infinite).
-    """
-
-    def __init__(self, loader: DataLoader, seq_len: int, num_samples: int | None, manifest: dict):
+    def __init__(self, loader: DataLoader, seq_len: int, num_samples: int, manifest: dict):
         self.loader, self.seq_len, self.num_samples, self.manifest = loader, seq_len, num_samples, manifest
-        self._it = None
 
     def __iter__(self):
         return iter(self.loader)
 
-    def __next__(self) -> dict:
-        if self._it is None:
-            self._it = iter(self.loader)
-        return next(self._it)
-
 
 def build_lm_loader(data_dir: str, split: str, micro_batch_size: int, dp_rank: int, dp_size: int,
-                    seed: int, num_workers: int = 1, shuffle_buffer: int = 1000,
-                    infinite: bool = True) -> LMLoader:
-    """Batches of packed causal-LM samples for one data-parallel rank (see module docstring)."""
+                    num_workers: int = 1) -> LMLoader:
+    """Every sample of ``split`` once, this data-parallel rank's share (see module docstring)."""
     if not 0 <= dp_rank < dp_size:
         raise ValueError(f"dp_rank={dp_rank} must be in [0, dp_size={dp_size})")
     manifest = read_manifest(data_dir)
@@ -130,23 +101,15 @@ def build_lm_loader(data_dir: str, split: str, micro_batch_size: int, dp_rank: i
     shards = info["shards"]
     urls = [os.path.join(data_dir, s["path"]) for s in shards]
     rank_urls = dp_nodesplitter(urls, dp_rank, dp_size)
-    if infinite:
-        stages = [wds.ResampledShards(rank_urls, seed=seed, deterministic=True,
-                                      worker_seed=functools.partial(_worker_seed, seed, dp_rank)),
-                  wds.tarfile_to_samples()]
-        if shuffle_buffer > 1:
-            stages.append(functools.partial(_seeded_shuffle, bufsize=shuffle_buffer, seed=seed, dp_rank=dp_rank))
-        num_samples = None
+    num_workers = min(num_workers, len(rank_urls))  # an idle worker would just end at once
+    stages = [wds.SimpleShardList(rank_urls), _split_by_worker, wds.tarfile_to_samples()]
+    if len(rank_urls) == len(urls) and dp_size > 1:
+        offsets = dict(zip(urls, np.cumsum([0] + [s["samples"] for s in shards]).tolist()))
+        stages.append(functools.partial(_every_nth, offsets=offsets, dp_rank=dp_rank, dp_size=dp_size))
+        num_samples = len(range(dp_rank, info["samples"], dp_size))
     else:
-        num_workers = min(num_workers, len(rank_urls))  # an idle worker would just end at once
-        stages = [wds.SimpleShardList(rank_urls), _split_by_worker, wds.tarfile_to_samples()]
-        if len(rank_urls) == len(urls) and dp_size > 1:
-            offsets = dict(zip(urls, np.cumsum([0] + [s["samples"] for s in shards]).tolist()))
-            stages.append(functools.partial(_every_nth, offsets=offsets, dp_rank=dp_rank, dp_size=dp_size))
-            num_samples = len(range(dp_rank, info["samples"], dp_size))
-        else:
-            num_samples = sum(s["samples"] for s in shards[dp_rank::dp_size])
-    stages += [wds.map(_decode), wds.batched(micro_batch_size, collation_fn=_collate, partial=not infinite)]
+        num_samples = sum(s["samples"] for s in shards[dp_rank::dp_size])
+    stages += [wds.map(_decode), wds.batched(micro_batch_size, collation_fn=_collate, partial=True)]
     loader = DataLoader(wds.DataPipeline(*stages), batch_size=None, num_workers=num_workers,
                         pin_memory=torch.cuda.is_available())
     return LMLoader(loader, manifest["seq_len"], num_samples, manifest)

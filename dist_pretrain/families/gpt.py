@@ -101,7 +101,7 @@ class GPTFamily:
 
         loader = build_lm_loader(
             cfg.data.valid_path or cfg.data.sources()[0][0], "valid", micro_batch_size=micro_batch_size,
-            dp_rank=dp_rank, dp_size=dp_size, seed=seed, num_workers=cfg.data.num_workers, infinite=False,
+            dp_rank=dp_rank, dp_size=dp_size, num_workers=cfg.data.num_workers,
         )
         return _full_batches_forever(loader, micro_batch_size)
 
