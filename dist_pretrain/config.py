@@ -38,6 +38,8 @@ class ModelConfig(_Section):
     layernorm_epsilon: float = Field(1e-5, gt=0.0)
     recompute: Literal["none", "full", "selective"] = "none"
     make_vocab_size_divisible_by: int = Field(128, ge=1)
+    decoder_seq_length: Optional[int] = Field(None, ge=2, description="T5 target length; default seq_length // 4")
+    encoder_num_layers: Optional[int] = Field(None, ge=1, description="T5 encoder layers; default num_layers")
     vocab_size: Optional[int] = Field(None, ge=2, description="default: the tokenizer's")
 
     @property
@@ -112,6 +114,17 @@ class CheckpointConfig(_Section):
     interval: int = Field(0, ge=0, description="steps between checkpoints, 0 = never")
 
 
+class ObjectiveConfig(_Section):
+    """BERT masked LM and T5 span corruption settings (GPT's causal LM has none)."""
+
+    mask_prob: float = Field(0.15, gt=0.0, lt=1.0)
+    whole_word_masking: bool = False
+    next_sentence_prediction: bool = Field(False, description="BERT binary head; off as in RoBERTa")
+    noise_density: float = Field(0.15, gt=0.0, lt=1.0)
+    mean_noise_span_length: float = Field(3.0, ge=1.0)
+    tokenizer: Optional[str] = Field(None, description="for special / sentinel ids; default: the data's")
+
+
 class DeepSpeedConfig(_Section):
     config: Optional[str] = Field(
         None, description="DeepSpeed JSON passed through; must not contradict our keys"
@@ -119,7 +132,7 @@ class DeepSpeedConfig(_Section):
 
 
 class Config(_Section):
-    family: Literal["gpt"] = "gpt"
+    family: Literal["gpt", "bert", "t5"] = "gpt"
     seed: int = 1234
     run_dir: str = "runs/default"
     model: ModelConfig = ModelConfig()
@@ -128,6 +141,7 @@ class Config(_Section):
     data: DataConfig = DataConfig()
     monitor: MonitorConfig = MonitorConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
 
 

@@ -96,9 +96,10 @@ class Monitor:
             self.writer.close()
 
 
-def throughput(tokens: int, step_s: float, flops_per_token: float, world_size: int,
+def throughput(tokens: int, flops: float, step_s: float, world_size: int,
                peak_tflops: Optional[float]) -> dict[str, float]:
-    tflops = tokens * flops_per_token / step_s / world_size / 1e12
+    """Tokens/s of the whole job, model TFLOP/s per device and MFU, for one step."""
+    tflops = flops / step_s / world_size / 1e12
     return {
         "throughput/tokens_per_s": tokens / step_s,
         "throughput/tflops_per_device": tflops,

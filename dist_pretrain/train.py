@@ -103,14 +103,19 @@ def to_device(batches, device: torch.device):
                for k, v in batch.items()}
 
 
-def _global_loss(outputs: list[dict], key: str, rt: Runtime) -> float:
-    """Token-weighted loss of the whole global batch, known on every rank."""
-    totals = torch.zeros(2, dtype=torch.float64)
+def _global_metrics(outputs: list[dict], keys: list[str], rt: Runtime) -> dict[str, float]:
+    """Each [sum, count] pair the loss function logged, reduced over the global batch.
+
+    Only the last pipeline stage has them; TP ranks hold copies, so tensor rank 0 of the
+    last stage contributes and the all-reduce sums data-parallel replicas.
+    """
+    totals = torch.zeros(len(keys), 2, dtype=torch.float64)
     if parallel_state.is_pipeline_last_stage(ignore_virtual=True) and rt.tp_rank == 0:
         for out in outputs:
-            totals += out[key].double()
+            for i, key in enumerate(keys):
+                totals[i] += out[key].double()
     torch.distributed.all_reduce(totals)
-    return float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")
+    return {key: float(t[0] / t[1]) if t[1] > 0 else float("nan") for key, t in zip(keys, totals)}
 
 
 class Trainer:
@@ -124,6 +129,7 @@ class Trainer:
             torch.set_num_threads(cfg.train.threads)
         seed_everything(cfg.seed)
         self.family = get_family(cfg.family)
+        self.metric_keys = self.family.metric_keys(cfg)
         self.vocab_size = padded_vocab_size(cfg, vocab)
         self.tconfig = transformer_config(cfg, self.rt.on_gpu)
         self.num_microbatches = cfg.train.global_batch_size // (cfg.train.micro_batch_size * self.rt.dp)
@@ -135,7 +141,8 @@ class Trainer:
                                cfg.train.log_interval)
         self.train_stream = self._batches("train")
         self.train_data = TimedIterator(to_device(self.train_stream, self.rt.device))
-        self.flops_per_token = self.family.flops_per_token(cfg, self.vocab_size)
+        self.flops_per_step = cfg.train.global_batch_size * self.family.flops_per_sample(cfg, self.vocab_size)
+        self.tokens_per_step = cfg.train.global_batch_size * self.family.tokens_per_sample(cfg)
         self.peak_tflops = cfg.monitor.peak_tflops or measure_gemm_tflops(
             torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32, self.rt.device)
 
@@ -161,15 +168,15 @@ class Trainer:
         t0 = time.perf_counter()
         outputs = self._run_schedule(self.train_data, forward_only=False)
         grad_norm = self.engine.step(lr)
-        loss = _global_loss(outputs, self.family.loss_key, self.rt)
+        metrics = _global_metrics(outputs, self.metric_keys, self.rt)
         step_s = time.perf_counter() - t0
         data_wait = self.train_data.take_wait()
-        tokens = self.cfg.train.global_batch_size * self.cfg.model.seq_length
-        values = {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
+        values = {**{f"train/{k}": v for k, v in metrics.items()},
+                  "train/loss": metrics[self.family.loss_key], "train/lr": lr, "train/grad_norm": grad_norm,
                   "time/step_s": step_s, "time/data_wait_s": data_wait,
                   "time/data_wait_share": data_wait / step_s, "memory/peak_gb": memory_gb(self.rt.device)}
-        values.update(throughput(tokens, step_s, self.flops_per_token, self.rt.env.world_size,
-                                 self.peak_tflops))
+        values.update(throughput(self.tokens_per_step, self.flops_per_step, step_s,
+                                 self.rt.env.world_size, self.peak_tflops))
         skipped = getattr(self.train_stream, "skipped_shards", None)
         if skipped is not None:
             values["data/corrupt_shards_skipped"] = float(len(skipped))
@@ -185,20 +192,21 @@ class Trainer:
         self.engine.train(False)
         batches = self._batches("valid")
         data = to_device(batches, self.rt.device)
-        total = torch.zeros(2, dtype=torch.float64)
+        totals: dict[str, float] = {}
         try:
             for _ in range(self.cfg.train.eval_steps):
                 outputs = self._run_schedule(data, forward_only=True)
-                loss = _global_loss(outputs, self.family.loss_key, self.rt)
-                total += torch.tensor([loss, 1.0], dtype=torch.float64)
+                for key, value in _global_metrics(outputs, self.metric_keys, self.rt).items():
+                    totals[key] = totals.get(key, 0.0) + value / self.cfg.train.eval_steps
         finally:
             # stop this pass's loader workers now: left running they block the process exit
             data.close()
             if hasattr(batches, "close"):
                 batches.close()
         self.engine.train(True)
-        val_loss = float(total[0] / total[1])
-        return {"val/loss": val_loss, "val/perplexity": math.exp(min(val_loss, 50.0))}
+        val_loss = totals.pop(self.family.loss_key)
+        return {"val/loss": val_loss, "val/perplexity": math.exp(min(val_loss, 50.0)),
+                **{f"val/{k}": v for k, v in totals.items()}}
 
     def fit(self) -> list[dict[str, Any]]:
         cfg = self.cfg

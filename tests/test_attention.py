@@ -102,3 +102,12 @@ def test_gpt_model_is_causal():
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_fully_masked_query_rows_stay_finite():
+    q, k, v = _qkv()
+    pad = _padding(S, S, [S, 3])
+    pad = pad | pad.transpose(-1, -2)  # [b,1,s,s] masking pad queries too (megatron's b1ss)
+    out = _attention(AttnMaskType.padding)(q, k, v, pad)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[:3, 1], _reference(q, k, v, pad)[:3, 1])  # real rows unchanged

@@ -68,12 +68,16 @@ def _every_nth(src, offsets: dict, dp_rank: int, dp_size: int):
         pos += 1
 
 
-def _decode(sample: dict) -> np.ndarray:
-    return np.load(io.BytesIO(sample["tokens.npy"]), allow_pickle=False)
+def _decode(sample: dict) -> dict[str, np.ndarray]:
+    """All ``.npy`` fields of a sample (``tokens``; ``sentences`` in the docs format)."""
+    return {name[:-4]: np.load(io.BytesIO(data), allow_pickle=False)
+            for name, data in sample.items() if name.endswith(".npy")}
 
 
-def _collate(samples: list[np.ndarray]) -> dict:
-    return {"tokens": torch.from_numpy(np.stack(samples)).long()}
+def _collate(samples: list[dict[str, np.ndarray]]) -> dict:
+    # webdataset's map stage adds "__key__" back to dict samples: keep only the arrays
+    return {name: torch.from_numpy(np.stack([s[name] for s in samples])).long()
+            for name in samples[0] if not name.startswith("__")}
 
 
 class LMLoader:

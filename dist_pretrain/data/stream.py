@@ -37,7 +37,7 @@ import os
 import random
 import sys
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -123,7 +123,7 @@ class SubStream:
         print(f"warning: skipping corrupt shard {shard.url}: {why}", file=sys.stderr, flush=True)
         self.skipped.append(shard.url)
 
-    def _source_iter(self, d: int, skip: int) -> Iterator[tuple[str, np.ndarray]]:
+    def _source_iter(self, d: int, skip: int) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
         """Samples of dataset ``d`` for this sub-stream, starting after ``skip`` of them."""
         source = self.sources[d]
         draws = random.Random(_seed("draws", self.seed, self.index, d))
@@ -139,7 +139,7 @@ class SubStream:
             yield from self._read(shard, _seed("shuffle", self.seed, self.index, d, draw), skip)
             skip = 0
 
-    def _read(self, shard: Shard, shuffle_seed: int, skip: int) -> Iterator[tuple[str, np.ndarray]]:
+    def _read(self, shard: Shard, shuffle_seed: int, skip: int) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
         pipeline = wds.DataPipeline(
             wds.SimpleShardList([shard.url]),
             wds.tarfile_to_samples(),
@@ -149,8 +149,9 @@ class SubStream:
         try:
             for n, sample in enumerate(pipeline, start=1):
                 if n > skip:
-                    tokens = np.load(io.BytesIO(sample["tokens.npy"]), allow_pickle=False)
-                    yield sample["__key__"], tokens
+                    fields = {name[:-4]: np.load(io.BytesIO(data), allow_pickle=False)
+                              for name, data in sample.items() if name.endswith(".npy")}
+                    yield sample["__key__"], fields
         except (CorruptShardError, GeneratorExit):
             raise
         except Exception as err:  # tarfile.ReadError, ValueError from np.load, KeyError, ...
@@ -159,36 +160,67 @@ class SubStream:
         if n < shard.samples:  # a tar cut at a member boundary just ends early
             self._corrupt(shard, f"ended after {n} of {shard.samples} samples (truncated?)")
 
-    def __next__(self) -> tuple[str, np.ndarray, int]:
+    def __next__(self) -> tuple[str, dict[str, np.ndarray], int]:
         d = int(blend_choices([s.weight for s in self.sources], self.phase, self.position,
                               self.position + 1)[0])
         self.position += 1
-        key, tokens = next(self.iters[d])
-        return key, tokens, d
+        key, fields = next(self.iters[d])
+        return key, fields, d
+
+
+def lm_sample(fields: dict[str, np.ndarray], rng: np.random.Generator,
+              previous: dict | None = None) -> dict[str, np.ndarray]:
+    """Packed causal-LM samples go to the model as they are."""
+    return {"tokens": fields["tokens"]}
 
 
 class _RankStreams(IterableDataset):
-    """Per global step, one block of samples from each sub-stream this worker owns."""
+    """Per global step, one block of samples from each sub-stream this worker owns.
 
-    def __init__(self, sources, streams: list[int], seed, start_step, shuffle_buffer, on_corrupt):
+    ``transform(fields, rng, previous)`` turns a raw sample into fixed-shape arrays (masking,
+    span corruption...) in the worker; ``rng`` is seeded by (seed, step, sub-stream), i.e. by
+    the sample's place in the global stream, and ``previous`` is the sub-stream's previous
+    raw sample (BERT's "random next sentence"), so the result never depends on the layout.
+    """
+
+    def __init__(self, sources, streams: list[int], seed, start_step, shuffle_buffer, on_corrupt,
+                 transform: Callable = lm_sample):
         self.sources, self.streams, self.seed = sources, streams, seed
         self.start_step, self.shuffle_buffer, self.on_corrupt = start_step, shuffle_buffer, on_corrupt
+        self.transform = transform
 
     def __iter__(self):
         info = get_worker_info()
         wid, nworkers = (info.id, info.num_workers) if info else (0, 1)
         mine = self.streams[wid::nworkers]
         skipped: list[str] = []
-        subs = [SubStream(self.sources, self.seed, j, self.start_step, self.shuffle_buffer,
+        start = max(self.start_step - 1, 0)  # one step back: each sub-stream's previous sample
+        subs = [SubStream(self.sources, self.seed, j, start, self.shuffle_buffer,
                           self.on_corrupt, skipped) for j in mine]
+        previous = [next(s)[1] for s in subs] if self.start_step else [None] * len(subs)
         step = self.start_step
         while True:
             samples = [next(s) for s in subs]
+            examples = [self.transform(f, np.random.default_rng(_seed("sample", self.seed, step, j)), prev)
+                        for j, (_, f, _), prev in zip(mine, samples, previous)]
+            previous = [f for _, f, _ in samples]
             yield {"step": step, "streams": mine, "keys": [k for k, _, _ in samples],
-                   "tokens": np.stack([t for _, t, _ in samples]),
-                   "sources": [d for _, _, d in samples], "skipped": skipped[:]}
+                   "examples": examples, "sources": [d for _, _, d in samples], "skipped": skipped[:]}
             skipped.clear()
             step += 1
+
+
+def stack(examples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """Examples of equal shapes -> batch tensors (integers as int64, floats as float32)."""
+    out = {}
+    for name in examples[0]:
+        arr = np.stack([e[name] for e in examples])
+        t = torch.from_numpy(arr)
+        if t.is_floating_point():
+            out[name] = t.float()
+        else:
+            out[name] = t if t.dtype == torch.bool else t.long()
+    return out
 
 
 @dataclass
@@ -211,14 +243,14 @@ def _micro_batches(loader: DataLoader, workers: int, micro_batch_size: int, prog
                        key=lambda item: item[0])
         for p in parts:
             progress.skipped_shards.extend(p["skipped"])
-        tokens = torch.from_numpy(np.stack([p["tokens"][i] for _, p, i in order])).long()
+        examples = [p["examples"][i] for _, p, i in order]
         keys = [p["keys"][i] for _, p, i in order]
         sources = [p["sources"][i] for _, p, i in order]
         m = micro_batch_size
         for i in range(0, len(order), m):
             if i + m >= len(order):
                 progress.step += 1  # the step is handed out with its last micro-batch
-            yield {"tokens": tokens[i:i + m], "keys": keys[i:i + m], "sources": sources[i:i + m]}
+            yield {**stack(examples[i:i + m]), "keys": keys[i:i + m], "sources": sources[i:i + m]}
 
 
 class TrainStream:
@@ -231,7 +263,8 @@ class TrainStream:
 
     def __init__(self, sources: list[Source], global_batch_size: int, micro_batch_size: int,
                  dp_rank: int, dp_size: int, seed: int, num_workers: int = 1,
-                 shuffle_buffer: int = 256, on_corrupt: str = "skip", start_step: int = 0):
+                 shuffle_buffer: int = 256, on_corrupt: str = "skip", start_step: int = 0,
+                 transform: Callable = lm_sample):
         if global_batch_size % dp_size or (global_batch_size // dp_size) % micro_batch_size:
             raise ValueError(f"global batch {global_batch_size} must split into {dp_size} ranks x "
                              f"micro-batches of {micro_batch_size}")
@@ -241,7 +274,7 @@ class TrainStream:
         streams = list(range(dp_rank * per_rank, (dp_rank + 1) * per_rank))
         self.seed, self.global_batch_size, self.sources = seed, global_batch_size, sources
         workers = max(1, min(num_workers, per_rank))
-        dataset = _RankStreams(sources, streams, seed, start_step, shuffle_buffer, on_corrupt)
+        dataset = _RankStreams(sources, streams, seed, start_step, shuffle_buffer, on_corrupt, transform)
         loader = DataLoader(dataset, batch_size=None, num_workers=num_workers and workers)
         self._progress = _Progress(start_step, [])
         self._batches = _micro_batches(loader, workers, micro_batch_size, self._progress)
@@ -275,8 +308,10 @@ class TrainStream:
 def build_train_stream(blend: list[tuple[str, float]], global_batch_size: int, micro_batch_size: int,
                        dp_rank: int, dp_size: int, seed: int, num_workers: int = 1,
                        shuffle_buffer: int = 256, on_corrupt: str = "skip",
-                       start_step: int = 0) -> TrainStream:
-    """The training stream over one dataset or a weighted blend ``[(path, weight), ...]``."""
+                       start_step: int = 0, transform: Callable = lm_sample) -> TrainStream:
+    """The training stream over one dataset or a weighted blend ``[(path, weight), ...]``.
+
+    ``transform(fields, rng)`` makes the model's fixed-shape arrays from a raw sample."""
     sources = [load_source(path, weight) for path, weight in blend]
     return TrainStream(sources, global_batch_size, micro_batch_size, dp_rank, dp_size, seed,
-                       num_workers, shuffle_buffer, on_corrupt, start_step)
+                       num_workers, shuffle_buffer, on_corrupt, start_step, transform)

@@ -31,8 +31,72 @@ class Family(Protocol):
                 seed: int, vocab_size: int, start_step: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         """Collated micro-batches for this data-parallel rank, from global step ``start_step``."""
 
-    def flops_per_token(self, cfg: Config, vocab_size: int) -> float:
-        """Model FLOPs for forward + backward of one token (no recompute)."""
+    def tokens_per_sample(self, cfg: Config) -> int:
+        """Tokens one sample feeds the model (throughput is reported in these)."""
+
+    def flops_per_sample(self, cfg: Config, vocab_size: int) -> float:
+        """Model FLOPs for forward + backward of one sample (no recompute)."""
 
     loss_key: str
     """Key of the [loss sum, token count] pair in the dicts loss_func returns."""
+
+    def metric_keys(self, cfg: Config) -> list[str]:
+        """Keys of the [sum, count] pairs loss_func logs (loss_key first); logged as train/<key>."""
+
+
+def family_batches(cfg: Config, split: str, dp_rank: int, dp_size: int, micro_batch_size: int,
+                   seed: int, start_step: int, transform: Callable,
+                   synthetic_fields: Callable[[int, int], dict]) -> Iterator[dict[str, torch.Tensor]]:
+    """Micro-batches for any family: synthetic (tests), the training stream, or validation.
+
+    ``transform(fields, rng, previous)`` builds one example from a raw sample;
+    ``synthetic_fields(index, seed)`` makes a raw synthetic sample.
+    """
+    from functools import partial
+
+    from dist_pretrain.data.synthetic import synthetic_batches
+
+    if cfg.data.synthetic:
+        seed = seed + (0 if split == "train" else 1)
+        return synthetic_batches(partial(synthetic_fields, seed=seed), cfg.train.global_batch_size,
+                                 micro_batch_size, dp_rank, dp_size, seed, start_step, transform)
+    if split == "train":
+        from dist_pretrain.data.stream import build_train_stream
+
+        return build_train_stream(
+            cfg.data.sources(), cfg.train.global_batch_size, micro_batch_size, dp_rank, dp_size, seed,
+            num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer,
+            on_corrupt=cfg.data.on_corrupt, start_step=start_step, transform=transform,
+        )
+    from dist_pretrain.data.loader import build_lm_loader
+
+    loader = build_lm_loader(cfg.data.valid_path or cfg.data.sources()[0][0], "valid",
+                             micro_batch_size=1, dp_rank=dp_rank, dp_size=dp_size,
+                             num_workers=cfg.data.num_workers)
+    return _validation_batches(loader, micro_batch_size, transform, seed)
+
+
+def _validation_batches(loader, micro_batch_size: int, transform: Callable, seed: int):
+    """Validation passes over the exactly-once loader, repeated as often as evaluation asks.
+
+    Every rank runs the same fixed number of evaluation micro-batches (no rank may stop
+    early and leave the others in a collective), and pipeline stages exchange fixed
+    shapes, so a short last batch is dropped. Examples are seeded by their index in the
+    pass, so validation masks are the same at every evaluation.
+    """
+    import numpy as np
+
+    from dist_pretrain.data.stream import _seed, stack
+
+    while True:
+        examples = []
+        for index, sample in enumerate(loader):
+            fields = {k: v[0].numpy() for k, v in sample.items() if isinstance(v, torch.Tensor)}
+            examples.append(transform(fields, np.random.default_rng(_seed("valid", seed, index)), None))
+            if len(examples) == micro_batch_size:
+                yield stack(examples)
+                examples = []
+        if index + 1 < micro_batch_size:
+            raise ValueError(f"validation split has fewer than micro_batch_size={micro_batch_size} "
+                             "samples for this data-parallel rank; lower train.micro_batch_size or "
+                             "add validation data")

@@ -13,7 +13,9 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from dist_pretrain.config import Config
-from dist_pretrain.data.synthetic import synthetic_lm_batches
+from dist_pretrain.data.stream import lm_sample
+from dist_pretrain.data.synthetic import synthetic_lm_fields
+from dist_pretrain.families.base import family_batches
 from dist_pretrain.models.attention import SDPAttention
 
 
@@ -59,6 +61,9 @@ class GPTFamily:
             vp_stage=vp_stage,
         )
 
+    def metric_keys(self, cfg: Config) -> list[str]:
+        return [self.loss_key]
+
     def tied_parameter_names(self, cfg: Config) -> dict[str, str]:
         if cfg.model.tie_embeddings:
             return {"output_layer.weight": "embedding.word_embeddings.weight"}
@@ -82,51 +87,17 @@ class GPTFamily:
 
     def batches(self, cfg: Config, split: str, dp_rank: int, dp_size: int, micro_batch_size: int,
                 seed: int, vocab_size: int, start_step: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-        if cfg.data.synthetic:
-            return synthetic_lm_batches(
-                vocab_size=vocab_size, seq_len=cfg.model.seq_length,
-                global_batch_size=cfg.train.global_batch_size, micro_batch_size=micro_batch_size,
-                dp_rank=dp_rank, dp_size=dp_size, seed=seed + (0 if split == "train" else 1),
-                start_step=start_step,
-            )
-        if split == "train":
-            from dist_pretrain.data.stream import build_train_stream
+        return family_batches(cfg, split, dp_rank, dp_size, micro_batch_size, seed, start_step,
+                              transform=lm_sample,
+                              synthetic_fields=partial(synthetic_lm_fields, vocab_size=vocab_size,
+                                                       seq_len=cfg.model.seq_length))
 
-            return build_train_stream(
-                cfg.data.sources(), cfg.train.global_batch_size, micro_batch_size, dp_rank, dp_size,
-                seed, num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer,
-                on_corrupt=cfg.data.on_corrupt, start_step=start_step,
-            )
-        from dist_pretrain.data.loader import build_lm_loader
+    def tokens_per_sample(self, cfg: Config) -> int:
+        return cfg.model.seq_length
 
-        loader = build_lm_loader(
-            cfg.data.valid_path or cfg.data.sources()[0][0], "valid", micro_batch_size=micro_batch_size,
-            dp_rank=dp_rank, dp_size=dp_size, num_workers=cfg.data.num_workers,
-        )
-        return _full_batches_forever(loader, micro_batch_size)
-
-    def flops_per_token(self, cfg: Config, vocab_size: int) -> float:
+    def flops_per_sample(self, cfg: Config, vocab_size: int) -> float:
         m = cfg.model
-        return lm_flops_per_token(m.num_layers, m.hidden_size, m.ffn, m.seq_length, vocab_size)
-
-
-def _full_batches_forever(loader, micro_batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Validation passes over the exactly-once loader, repeated as often as evaluation asks.
-
-    Every rank runs the same fixed number of evaluation micro-batches (no rank may stop
-    early and leave the others in a collective), and pipeline stages exchange fixed
-    shapes, so a short last batch is dropped.
-    """
-    while True:
-        produced = False
-        for batch in loader:
-            if batch["tokens"].shape[0] == micro_batch_size:
-                produced = True
-                yield batch
-        if not produced:
-            raise ValueError(f"validation split has fewer than micro_batch_size={micro_batch_size} "
-                             "samples for this data-parallel rank; lower train.micro_batch_size or "
-                             "add validation data")
+        return m.seq_length * lm_flops_per_token(m.num_layers, m.hidden_size, m.ffn, m.seq_length, vocab_size)
 
 
 def fan_out(iterator: Iterator, n: int) -> list[Iterator]:

@@ -79,6 +79,10 @@ class SDPAttention(MegatronModule):
                 causal = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(sk - sq)
                 mask = mask & causal
                 is_causal = False
+        if mask is not None:
+            # a query row with no key to attend to (a padding query under a [b,1,s,s] mask)
+            # makes SDPA return NaN; let it attend everywhere: its output is padding anyway
+            mask = mask | ~mask.any(dim=-1, keepdim=True)
         dropout = self.dropout_p if self.training else 0.0
         enable_gqa = self.heads_per_partition != self.groups_per_partition
         if dropout > 0.0 and not self.config.sequence_parallel:
