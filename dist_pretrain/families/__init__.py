@@ -13,4 +13,12 @@ def get_family(name: str) -> Family:
         from dist_pretrain.families.gpt import GPTFamily
 
         return GPTFamily()
-    raise ValueError(f"unknown model family {name!r}; available: gpt")
+    if name == "bert":
+        from dist_pretrain.families.bert import BertFamily
+
+        return BertFamily()
+    if name == "t5":
+        from dist_pretrain.families.t5 import T5Family
+
+        return T5Family()
+    raise ValueError(f"unknown model family {name!r}; available: gpt, bert, t5")

@@ -100,3 +100,16 @@ def _validation_batches(loader, micro_batch_size: int, transform: Callable, seed
             raise ValueError(f"validation split has fewer than micro_batch_size={micro_batch_size} "
                              "samples for this data-parallel rank; lower train.micro_batch_size or "
                              "add validation data")
+
+
+def tokenizer_for(cfg: Config):
+    """The tokenizer the data was made with (special and sentinel ids), checked against it."""
+    from dist_pretrain.data.loader import read_manifest
+    from dist_pretrain.data.tokenizer import load_tokenizer
+
+    manifest = read_manifest(cfg.data.sources()[0][0])
+    tok = load_tokenizer(cfg.objective.tokenizer or manifest["tokenizer"]["name"])
+    if tok.vocab_hash != manifest["tokenizer"]["vocab_hash"]:
+        raise ValueError(f"objective.tokenizer={cfg.objective.tokenizer!r} is not the tokenizer the data "
+                         f"was made with ({manifest['tokenizer']['name']}); leave it unset")
+    return tok

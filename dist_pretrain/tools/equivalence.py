@@ -17,7 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "gpt" / "tiny.yaml"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIG = CONFIGS / "gpt" / "tiny.yaml"
 
 # name -> (world size, reference variant, overrides)
 VARIANTS = {
@@ -55,6 +56,16 @@ LAYOUTS = {
     "PP2xVPP2xDP2 ZeRO-2 clip": (4, "clip", ["parallel.pipeline=2", "parallel.virtual_pipeline=2",
                                              "parallel.zero_stage=2"]),
 }
+# BERT and T5 (configs/<family>/tiny.yaml): the same engine and schedules, other models
+for _family in ("bert", "t5"):
+    VARIANTS[_family] = [f"config={_family}"]
+    LAYOUTS.update({
+        f"{_family.upper()} TP2": (2, _family, ["parallel.tensor=2"]),
+        f"{_family.upper()} PP2": (2, _family, ["parallel.pipeline=2"]),
+        f"{_family.upper()} DP2 ZeRO-1": (2, _family, ["parallel.zero_stage=1"]),
+        f"{_family.upper()} DP2 ZeRO-2": (2, _family, ["parallel.zero_stage=2"]),
+        f"{_family.upper()} TP2xPP2": (4, _family, ["parallel.tensor=2", "parallel.pipeline=2"]),
+    })
 
 
 # --------------------------------------------------------------------------- worker (torchrun)
@@ -106,10 +117,16 @@ def worker(cases: list[dict], out: str, steps: int) -> None:
 
     results = {}
     for case in cases:
+        config = CONFIG
         overrides = [f"train.steps={steps}", "train.log_interval=1000", "monitor.tensorboard=false",
                      f"parallel.nproc={int(os.environ['WORLD_SIZE'])}", "monitor.peak_tflops=1",
-                     f"run_dir={tempfile.mkdtemp()}"] + case["overrides"]
-        trainer = Trainer(load_config(CONFIG, overrides))
+                     f"run_dir={tempfile.mkdtemp()}"]
+        for item in case["overrides"]:
+            if item.startswith("config="):  # which family's tiny config
+                config = CONFIGS / item.split("=", 1)[1] / "tiny.yaml"
+            else:
+                overrides.append(item)
+        trainer = Trainer(load_config(config, overrides))
         history = trainer.fit()
         results[case["name"]] = {
             "loss": [h["train/loss"] for h in history],
@@ -184,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     layouts = {k: v for k, v in LAYOUTS.items() if not args.only or k in args.only}
     refs, results = run(layouts, args.steps)
     text, ok = table(layouts, refs, results, args.rtol)
-    print(f"fp32, {args.steps} steps, tiny GPT ({CONFIG.name}), gloo on CPU; reference = 1 process\n")
+    print(f"fp32, {args.steps} steps, tiny GPT / BERT / T5 (configs/*/tiny.yaml), gloo on CPU; "
+          "reference = 1 process of the same family\n")
     print(text)
     return 0 if ok else 1
 
