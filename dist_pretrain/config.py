@@ -243,7 +243,7 @@ def validate(cfg: Config, world_size: int, vocab_size: Optional[int] = None) -> 
     if m.seq_length > m.max_positions:
         err(f"model.seq_length={m.seq_length} exceeds model.max_position_embeddings={m.max_positions}")
     chunks = pp * (vpp or 1)
-    if m.num_layers % chunks:
+    if m.num_layers % chunks and cfg.family != "t5":
         err(
             f"model.num_layers={m.num_layers} is not divisible by parallel.pipeline={pp} x "
             f"parallel.virtual_pipeline={vpp or 1}; use a multiple of {chunks}"
@@ -290,6 +290,10 @@ def validate(cfg: Config, world_size: int, vocab_size: Optional[int] = None) -> 
             f"padded vocab {padded_vocab_size(cfg, vocab_size)} is not divisible by parallel.tensor={tp}; "
             "raise model.make_vocab_size_divisible_by"
         )
+    if cfg.family == "t5" and pp > 1 and (pp != 2 or (vpp or 1) > 1 or par.zero_stage == 0):
+        err(f"family=t5 with parallel.pipeline={pp}, parallel.virtual_pipeline={vpp}, "
+            f"parallel.zero_stage={par.zero_stage}: T5 pipelines as encoder stage + decoder stage, "
+            "so use parallel.pipeline=2 without virtual pipeline, and parallel.zero_stage >= 1")
     if m.recompute == "selective":
         err("model.recompute=selective needs Transformer Engine's fused attention; use full or none")
     if cfg.deepspeed.config and par.zero_stage == 0:

@@ -33,10 +33,10 @@ updates. The wiring, and each DeepSpeed 0.19.8 internal it relies on:
   DeepSpeed would treat tensor-parallel ranks as data parallel. ``MegatronMPU`` exposes
   megatron's DP group and its model-parallel group (TP x PP, so the grad norm spans
   stages); DeepSpeed counts replicated parameters on tensor-parallel rank 0 only.
-* Tied input/output embeddings on the first and last stage: their full gradients are
-  summed over megatron's embedding group after the last backward
-  (``safe_get_full_grad``/``safe_set_full_grad``); the last stage's copy is marked
-  ``ds_pipe_replicated`` so the grad norm counts it once.
+* Parameters with a copy on the first and last stage (tied input/output embeddings,
+  T5's embeddings): their full gradients are summed over megatron's embedding group after
+  the last backward (``safe_get_full_grad``/``safe_set_full_grad``); the later copy is
+  marked ``ds_pipe_replicated`` so the grad norm counts it once.
 """
 
 from __future__ import annotations
@@ -180,20 +180,18 @@ class ZeroEngine:
         return contextlib.nullcontext()
 
     def finalize_grads(self, model_chunks, num_tokens=None, **_: Any) -> None:
-        """megatron's ``config.finalize_model_grads_func``: sum tied embedding grads."""
+        """megatron's ``config.finalize_model_grads_func``: parameters with a copy on two
+        pipeline stages (tied embeddings; T5's embeddings on its encoder and decoder stage,
+        marked ``stage_shared`` when the model is built) get the sum of their gradients."""
         from deepspeed.utils import safe_get_full_grad, safe_set_full_grad
 
         if parallel_state.get_pipeline_model_parallel_world_size() == 1:
             return
         if not parallel_state.is_rank_in_embedding_group(ignore_virtual=True):
             return
-        for chunk in self.engine.module.chunks:
-            inner = chunk.module if hasattr(chunk, "module") else chunk
-            if not getattr(inner, "share_embeddings_and_output_weights", False):
-                continue
-            weight = inner.shared_embedding_or_output_weight()
-            if weight is None:
-                continue
+        shared = [p for chunk in self.engine.module.chunks
+                  for _, p in sorted(chunk.named_parameters()) if getattr(p, "stage_shared", False)]
+        for weight in shared:
             grad = safe_get_full_grad(weight)
             grad = grad.clone() if grad is not None else torch.zeros_like(weight, dtype=torch.float32)
             torch.distributed.all_reduce(grad, group=parallel_state.get_embedding_group())

@@ -18,6 +18,7 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
+from megatron.core.utils import get_model_config
 
 from dist_pretrain.config import Config, ConfigError, deepspeed_config, padded_vocab_size, validate
 from dist_pretrain.families import get_family
@@ -76,9 +77,25 @@ def build_model_chunks(cfg: Config, family, tconfig, vocab_size: int) -> list[to
         ))
     init_layout_independent(chunks, cfg.seed, cfg.model.init_std, cfg.model.num_layers,
                             family.tied_parameter_names(cfg))
+    mark_stage_shared(chunks, family.stage_shared_parameter_names(cfg))
     if tconfig.bf16:
         chunks = [Float16Module(tconfig, c) for c in chunks]
     return chunks
+
+
+def mark_stage_shared(chunks: list[torch.nn.Module], names: set[str]) -> None:
+    """Flag parameters that have a copy on another pipeline stage (their gradients are summed
+    over the embedding group); copies after the first stage's are ``shared``, which megatron's
+    and DeepSpeed's grad norms count once."""
+    if parallel_state.get_pipeline_model_parallel_world_size() == 1:
+        return
+    first_stage = parallel_state.is_pipeline_first_stage(ignore_virtual=True)
+    for chunk in chunks:
+        for name, p in chunk.named_parameters():
+            if name in names:
+                p.stage_shared = True
+                if not first_stage:
+                    p.shared = True
 
 
 def build_engine(cfg: Config, rt: Runtime, chunks, tconfig, num_microbatches: int):
@@ -91,8 +108,10 @@ def build_engine(cfg: Config, rt: Runtime, chunks, tconfig, num_microbatches: in
 
         ds_cfg = deepspeed_config(cfg, rt.dp, num_microbatches)
         engine = ZeroEngine(chunks, ds_cfg, cfg.train, num_microbatches)
-    tconfig.no_sync_func = engine.no_sync
-    tconfig.finalize_model_grads_func = engine.finalize_grads
+    for chunk in chunks:  # the schedule reads its hooks from the chunk's own config
+        chunk_config = get_model_config(chunk)
+        chunk_config.no_sync_func = engine.no_sync
+        chunk_config.finalize_model_grads_func = engine.finalize_grads
     return engine
 
 

@@ -19,6 +19,9 @@ class Family(Protocol):
     ) -> torch.nn.Module:
         """One pipeline chunk of the model (megatron-core module)."""
 
+    def stage_shared_parameter_names(self, cfg: Config) -> set[str]:
+        """Parameters with a copy on the first and last pipeline stage (gradients summed)."""
+
     def tied_parameter_names(self, cfg: Config) -> dict[str, str]:
         """Global parameter name -> the name whose initial value it must share."""
 

@@ -85,6 +85,10 @@ class BertFamily:
             add_binary_head=cfg.objective.next_sentence_prediction, vp_stage=vp_stage,
         )
 
+    def stage_shared_parameter_names(self, cfg: Config) -> set[str]:
+        """Tied embeddings: the first stage's input embedding and the last stage's output layer."""
+        return {"embedding.word_embeddings.weight", "output_layer.weight"}
+
     def tied_parameter_names(self, cfg: Config) -> dict[str, str]:
         return {"output_layer.weight": "embedding.word_embeddings.weight"}
 

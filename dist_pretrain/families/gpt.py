@@ -64,6 +64,10 @@ class GPTFamily:
     def metric_keys(self, cfg: Config) -> list[str]:
         return [self.loss_key]
 
+    def stage_shared_parameter_names(self, cfg: Config) -> set[str]:
+        """Tied embeddings: the first stage's input embedding and the last stage's output layer."""
+        return {"embedding.word_embeddings.weight", "output_layer.weight"} if cfg.model.tie_embeddings else set()
+
     def tied_parameter_names(self, cfg: Config) -> dict[str, str]:
         if cfg.model.tie_embeddings:
             return {"output_layer.weight": "embedding.word_embeddings.weight"}

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 from functools import partial
 from typing import Any, Iterator
 
 import numpy as np
 import torch
-from megatron.core import tensor_parallel
+from megatron.core import parallel_state, tensor_parallel
 from megatron.core.models.T5.t5_model import T5Model
 from megatron.core.models.T5.t5_spec import decoder_model_with_local_spec, encoder_model_with_local_spec
-from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from dist_pretrain.config import Config
@@ -40,6 +39,20 @@ def t5_layer_specs() -> tuple[ModuleSpec, ModuleSpec]:
     return encoder, decoder
 
 
+def _uneven(config: TransformerConfig, num_layers: int, first: int, last: int) -> TransformerConfig:
+    """A copy of ``config`` for one T5 block, all its layers on one pipeline stage.
+
+    Set after copying: TransformerConfig's validation rejects a stage with 0 layers,
+    which is what the other stage has here. Without PP the split fields stay unset.
+    """
+    out = copy.copy(config)
+    out.num_layers = num_layers
+    if config.pipeline_model_parallel_size > 1:
+        out.num_layers_in_first_pipeline_stage = first
+        out.num_layers_in_last_pipeline_stage = last
+    return out
+
+
 def decoder_length(cfg: Config) -> int:
     return cfg.model.decoder_seq_length or max(2, cfg.model.seq_length // 4)
 
@@ -63,18 +76,36 @@ class T5Family:
 
     def build_chunk(self, cfg: Config, tconfig: TransformerConfig, vocab_size: int,
                     pre_process: bool, post_process: bool, vp_stage: int | None) -> torch.nn.Module:
-        encoder_config = dataclasses.replace(copy.copy(tconfig),
-                                             num_layers=cfg.model.encoder_num_layers or cfg.model.num_layers)
+        """With PP=2 the encoder is stage 0 and the decoder stage 1 (megatron-core 0.16 has no
+        encoder/decoder pipeline split of its own: both blocks would be cut in halves and the
+        decoder would cross-attend to half an encoder). Stage 1 embeds the decoder input
+        itself and receives the encoder output as its pipeline input."""
+        enc_layers, dec_layers = cfg.model.encoder_num_layers or cfg.model.num_layers, cfg.model.num_layers
+        encoder_config = _uneven(tconfig, enc_layers, first=enc_layers, last=0)
+        decoder_config = _uneven(tconfig, dec_layers, first=0, last=dec_layers)
+        stage = parallel_state.get_pipeline_model_parallel_rank() if cfg.parallel.pipeline > 1 else None
         encoder_spec, decoder_spec = t5_layer_specs()
-        return T5Model(
-            config=tconfig, encoder_config=encoder_config,
+        model = T5Model(
+            config=decoder_config, encoder_config=encoder_config,
             transformer_encoder_layer_spec=encoder_spec, transformer_decoder_layer_spec=decoder_spec,
             vocab_size=vocab_size,
             max_sequence_length=max(cfg.model.max_positions, decoder_length(cfg)),
-            pre_process=pre_process, post_process=post_process,
+            pre_process=True if stage is not None else pre_process,
+            post_process=post_process,
+            add_encoder=stage in (None, 0), add_decoder=stage in (None, 1),
             share_embeddings_and_output_weights=True, parallel_output=True,
             position_embedding_type="learned_absolute",
         )
+        if stage == 0:  # the encoder ends here: it needs its final norm on this stage
+            block = model.encoder
+            block.final_layernorm = build_module(block.submodules.layer_norm, config=encoder_config,
+                                                 hidden_size=encoder_config.hidden_size,
+                                                 eps=encoder_config.layernorm_epsilon)
+        return model
+
+    def stage_shared_parameter_names(self, cfg: Config) -> set[str]:
+        """Parameters with a copy on both T5 stages (PP=2): word and position embeddings."""
+        return {"embedding.word_embeddings.weight", "embedding.position_embeddings.weight"}
 
     def tied_parameter_names(self, cfg: Config) -> dict[str, str]:
         return {"lm_head.output_layer.weight": "embedding.word_embeddings.weight"}
