@@ -86,7 +86,8 @@ class Monitor:
             f"grad norm {v['train/grad_norm']:.3f} | {v['throughput/tokens_per_s']:,.0f} tok/s | "
             f"{v['throughput/tflops_per_device']:.3f} TFLOP/s/dev | MFU {100 * v['throughput/mfu']:.1f}% | "
             f"step {v['time/step_s']:.3f}s | data wait {100 * v['time/data_wait_share']:.1f}% | "
-            f"mem {v['memory/peak_gb']:.2f} GB",
+            f"mem {v['memory/peak_gb']:.2f} GB"
+            + "".join(f" | {k[6:]} {x:.3f}" for k, x in v.items() if k.startswith("train/") and "accuracy" in k),
             flush=True,
         )
 

@@ -57,7 +57,12 @@ def resolve_vocab_size(cfg: Config) -> int:
             if value != first_value:
                 raise ConfigError(f"data: {path} has {key} {value} but {first_path} has {first_value}; "
                                   "blended datasets must share tokenizer and sequence length")
-    if first["seq_len"] != cfg.model.seq_length:
+    packed = first.get("format", "").startswith("dist_pretrain.lm")
+    if packed != (cfg.family == "gpt"):
+        wanted = "--format lm (packed sequences)" if cfg.family == "gpt" else "--format docs"
+        raise ConfigError(f"family={cfg.family} needs data preprocessed with {wanted}; {first_path} has "
+                          f"format {first.get('format')!r}")
+    if packed and first["seq_len"] != cfg.model.seq_length:
         raise ConfigError(f"model.seq_length={cfg.model.seq_length} but {first_path} was preprocessed "
                           f"with --seq-len {first['seq_len']}; set model.seq_length={first['seq_len']}")
     return cfg.model.vocab_size or int(first["tokenizer"]["vocab_size"])
@@ -120,6 +125,10 @@ def to_device(batches, device: torch.device):
     for batch in batches:
         yield {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                for k, v in batch.items()}
+
+
+def _tag(key: str) -> str:
+    return key.replace(" ", "_")
 
 
 def _global_metrics(outputs: list[dict], keys: list[str], rt: Runtime) -> dict[str, float]:
@@ -190,7 +199,7 @@ class Trainer:
         metrics = _global_metrics(outputs, self.metric_keys, self.rt)
         step_s = time.perf_counter() - t0
         data_wait = self.train_data.take_wait()
-        values = {**{f"train/{k}": v for k, v in metrics.items()},
+        values = {**{f"train/{_tag(k)}": v for k, v in metrics.items()},
                   "train/loss": metrics[self.family.loss_key], "train/lr": lr, "train/grad_norm": grad_norm,
                   "time/step_s": step_s, "time/data_wait_s": data_wait,
                   "time/data_wait_share": data_wait / step_s, "memory/peak_gb": memory_gb(self.rt.device)}
@@ -225,7 +234,7 @@ class Trainer:
         self.engine.train(True)
         val_loss = totals.pop(self.family.loss_key)
         return {"val/loss": val_loss, "val/perplexity": math.exp(min(val_loss, 50.0)),
-                **{f"val/{k}": v for k, v in totals.items()}}
+                **{f"val/{_tag(k)}": v for k, v in totals.items()}}
 
     def fit(self) -> list[dict[str, Any]]:
         cfg = self.cfg

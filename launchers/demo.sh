@@ -1,18 +1,37 @@
 #!/usr/bin/env bash
-# The demo: build the real-English demo corpus (C4 layout) and its GPT-2 shards if
-# missing, then pretrain the small GPT of configs/gpt/demo.yaml with TP=2 on two
-# processes. Extra arguments are config overrides, e.g. train.precision=fp32.
+# The demo: launchers/demo.sh [gpt|bert|t5] [key.sub=value ...]
+# Builds the real-English demo corpus (Wikipedia articles in C4 layout) and the family's
+# shards if missing, then pretrains the small model of configs/<family>/demo.yaml on two
+# processes: GPT with TP=2 (GPT-2 BPE, packed sequences), BERT with TP=2 (WordPiece,
+# masked LM), T5 with PP=2 (SentencePiece trained on the corpus, span corruption).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 py=".venv/bin/python"; [ -x "$py" ] || py=python3
-if [ ! -f data/demo/gpt2-seq256/manifest.json ]; then
-  "$py" -m dist_pretrain demo-corpus --output data/demo
-  "$py" -m dist_pretrain preprocess --input 'data/demo/c4/en/*.json.gz' --tokenizer gpt2 \
-    --seq-len 256 --samples-per-shard 128 --output data/demo/gpt2-seq256
-fi
-launchers/torchrun.sh configs/gpt/demo.yaml "$@"
-run_dir="$("$py" -c 'import sys; from dist_pretrain.config import load_config; print(load_config("configs/gpt/demo.yaml", sys.argv[1:]).run_dir)' "$@")"
+family=gpt
+case "${1:-}" in gpt|bert|t5) family="$1"; shift ;; esac
+dp=("$py" -m dist_pretrain)
+[ -f data/demo/c4/en/c4-validation.00000-of-00001.json.gz ] || "${dp[@]}" demo-corpus --output data/demo
+inputs=(--input 'data/demo/c4/en/*.json.gz')
+case "$family" in
+  gpt)
+    data=data/demo/gpt2-seq256
+    [ -f "$data/manifest.json" ] || "${dp[@]}" preprocess "${inputs[@]}" --tokenizer gpt2 \
+      --seq-len 256 --samples-per-shard 128 --output "$data" ;;
+  bert)
+    data=data/demo/bert-docs128
+    [ -f "$data/manifest.json" ] || "${dp[@]}" preprocess "${inputs[@]}" --tokenizer bert \
+      --format docs --seq-len 126 --samples-per-shard 256 --output "$data" ;;
+  t5)
+    data=data/demo/t5-docs128
+    [ -f data/demo/spm/spiece.model ] || "${dp[@]}" tokenizer train --kind sentencepiece \
+      --input 'data/demo/c4/en/c4-train.*.json.gz' --vocab-size 8000 --sentinels 100 --output data/demo/spm
+    [ -f "$data/manifest.json" ] || "${dp[@]}" preprocess "${inputs[@]}" \
+      --tokenizer data/demo/spm/spiece.model --format docs --seq-len 512 --samples-per-shard 256 \
+      --output "$data" ;;
+esac
+launchers/torchrun.sh "configs/$family/demo.yaml" "$@"
+run_dir="$("$py" -c 'import sys; from dist_pretrain.config import load_config; print(load_config(sys.argv[1], sys.argv[2:]).run_dir)' "configs/$family/demo.yaml" "$@")"
 echo
 echo "TensorBoard logs: $run_dir/tensorboard"
 echo "Open them with:   .venv/bin/tensorboard --logdir $run_dir/tensorboard --port 6006   (then browse http://localhost:6006)"
