@@ -89,6 +89,7 @@ def test_family_uses_the_config_model():
     cfg = load_config(None, ["model.num_layers=3", "model.hidden_size=32",
                              "model.num_attention_heads=4", "model.seq_length=16"])
     # ffn defaults to 4 h, so the closed form applies
-    assert GPTFamily().flops_per_token(cfg, 256) == pytest.approx(narayanan(3, 32, 16, 256))
+    assert GPTFamily().flops_per_sample(cfg, 256) == pytest.approx(16 * narayanan(3, 32, 16, 256))
+    assert GPTFamily().tokens_per_sample(cfg) == 16
     cfg = load_config(None, ["model.hidden_size=32", "model.ffn_hidden_size=40"])
-    assert GPTFamily().flops_per_token(cfg, 256) == lm_flops_per_token(2, 32, 40, 128, 256)
+    assert GPTFamily().flops_per_sample(cfg, 256) == 128 * lm_flops_per_token(2, 32, 40, 128, 256)
