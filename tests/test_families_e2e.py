@@ -44,8 +44,10 @@ def _train(config, data, run_dir, *extra):
     return proc.stdout, {t: [e.value for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
 
 
-@pytest.mark.parametrize("layout", [["parallel.tensor=2"], ["parallel.tensor=1", "parallel.pipeline=2"]],
-                         ids=["TP2", "PP2"])
+@pytest.mark.parametrize("layout", [
+    ["parallel.tensor=2", "objective.next_sentence_prediction=true"],
+    ["parallel.tensor=1", "parallel.pipeline=2", "objective.whole_word_masking=true"],
+], ids=["TP2-NSP", "PP2-whole-word"])
 def test_bert_masked_lm_on_real_text(docs, tmp_path, layout):
     out, scalars = _train("configs/bert/demo.yaml", docs / "bert", tmp_path / "run", *layout)
     loss = scalars["train/loss"]
@@ -54,6 +56,9 @@ def test_bert_masked_lm_on_real_text(docs, tmp_path, layout):
         assert tag in scalars and all(math.isfinite(v) for v in scalars[tag]), tag
     assert 0.0 <= scalars["train/mlm_accuracy"][-1] <= 1.0
     assert "mlm_accuracy" in out
+    if "objective.next_sentence_prediction=true" in layout:  # binary head trained and logged
+        assert all(0.0 <= a <= 1.0 for a in scalars["train/nsp_accuracy"])
+        assert all(math.isfinite(v) for v in scalars["train/nsp_loss"])
 
 
 def test_t5_span_corruption_on_real_text_encoder_and_decoder_stages(docs, tmp_path):
