@@ -25,16 +25,23 @@ def _train(argv: list[str]) -> int:
         if discover_launch_env().rank == 0:  # every rank found the same problem
             print(f"error: {err}", file=sys.stderr)
         return 2
-    trainer.fit()
     from dist_pretrain.runtime import shutdown
+    from dist_pretrain.train import StopTraining
 
+    try:
+        trainer.fit()
+    except StopTraining as stop:
+        if trainer.rt.is_logging_rank:
+            print(f"stopping: {stop.reason}; exit {stop.code} (requeue to resume)", flush=True)
+        shutdown()
+        return stop.code
     shutdown()
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"train", "preprocess", "demo-corpus", "tokenizer"}
+    commands = {"train", "preprocess", "demo-corpus", "tokenizer", "checkpoint"}
     if not argv or argv[0] not in commands:
         print(f"usage: dist-pretrain {{{','.join(sorted(commands))}}} ...", file=sys.stderr)
         return 2
@@ -46,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
 
         preprocess_main(rest)
         return 0
+    if cmd == "checkpoint":
+        from dist_pretrain.checkpoint import main as checkpoint_main
+
+        return checkpoint_main(rest)
     if cmd == "tokenizer":
         if not rest or rest[0] != "train":
             print("usage: dist-pretrain tokenizer train --kind bpe|wordpiece|unigram|sentencepiece ...",

@@ -112,6 +112,12 @@ class MonitorConfig(_Section):
 
 class CheckpointConfig(_Section):
     interval: int = Field(0, ge=0, description="steps between checkpoints, 0 = never")
+    keep: int = Field(3, ge=1, description="newest checkpoints kept")
+    keep_every: int = Field(0, ge=0, description="also keep every Nth step (0 = none)")
+    resume: str = Field("auto", description="auto (newest good checkpoint in run_dir), none, or a step-N path")
+    signals: list[Literal["SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT"]] = ["SIGTERM", "SIGUSR1"]
+    exit_code: int = Field(99, ge=1, le=255, description="exit status after a signal / time-limit save")
+    exit_after_minutes: Optional[float] = Field(None, gt=0)
 
 
 class ObjectiveConfig(_Section):
@@ -290,6 +296,11 @@ def validate(cfg: Config, world_size: int, vocab_size: Optional[int] = None) -> 
             f"padded vocab {padded_vocab_size(cfg, vocab_size)} is not divisible by parallel.tensor={tp}; "
             "raise model.make_vocab_size_divisible_by"
         )
+    explicit_resume = cfg.checkpoint.resume not in ("auto", "none")
+    if (cfg.checkpoint.interval or explicit_resume) and par.zero_stage not in (1, 2):
+        err(f"checkpoint.interval={cfg.checkpoint.interval} with parallel.zero_stage={par.zero_stage}: "
+            "checkpoints are written for DeepSpeed ZeRO-1/2 (they load at any ZeRO stage 1/2, TP, PP, "
+            "DP); use zero_stage 1 or 2, or checkpoint.interval=0")
     if cfg.family == "t5" and pp > 1 and (pp != 2 or (vpp or 1) > 1 or par.zero_stage == 0):
         err(f"family=t5 with parallel.pipeline={pp}, parallel.virtual_pipeline={vpp}, "
             f"parallel.zero_stage={par.zero_stage}: T5 pipelines as encoder stage + decoder stage, "

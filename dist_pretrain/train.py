@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,46 @@ def _global_metrics(outputs: list[dict], keys: list[str], rt: Runtime) -> dict[s
     return {key: float(t[0] / t[1]) if t[1] > 0 else float("nan") for key, t in zip(keys, totals)}
 
 
+class StopTraining(SystemExit):
+    """Leave training after a stop signal or time limit, with the exit status for requeueing."""
+
+    def __init__(self, code: int, reason: str):
+        super().__init__(code)
+        self.reason = reason
+
+
+class StopSignals:
+    """Records stop signals (Slurm sends SIGTERM/SIGUSR1 before it kills a job) and the time
+    limit; ``agreed()`` is a collective: every rank learns whether any rank must stop."""
+
+    def __init__(self, names: list[str], exit_after_minutes: float | None):
+        self.received: str | None = None
+        self.deadline = time.monotonic() + 60 * exit_after_minutes if exit_after_minutes else None
+        self.reason = ""
+        self._previous = {}
+        for name in names:
+            sig = getattr(signal, name)
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signal.Signals(signum).name
+
+    def agreed(self) -> bool:
+        local = 1.0 if self.received else 0.0
+        timeout = 1.0 if self.deadline is not None and time.monotonic() > self.deadline else 0.0
+        flags = torch.tensor([local, timeout])
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        if flags[0]:
+            self.reason = f"stop signal ({self.received or 'on another rank'})"
+        elif flags[1]:
+            self.reason = "checkpoint.exit_after_minutes reached"
+        return bool(flags.any())
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 class Trainer:
     def __init__(self, cfg: Config):
         vocab = resolve_vocab_size(cfg)
@@ -164,6 +205,7 @@ class Trainer:
         chunks = build_model_chunks(cfg, self.family, self.tconfig, self.vocab_size)
         self.num_chunks = len(chunks)
         self.engine = build_engine(cfg, self.rt, chunks, self.tconfig, self.num_microbatches)
+        self.start_step, self.skipped_steps = self._resume()
         self.forward_backward = get_forward_backward_func()
         self.monitor = Monitor(cfg.run_dir, self.rt.is_logging_rank, cfg.monitor.tensorboard,
                                cfg.train.log_interval)
@@ -176,7 +218,37 @@ class Trainer:
 
     def _batches(self, split: str):
         return self.family.batches(self.cfg, split, self.rt.dp_rank, self.rt.dp,
-                                   self.cfg.train.micro_batch_size, self.cfg.seed, self.vocab_size)
+                                   self.cfg.train.micro_batch_size, self.cfg.seed, self.vocab_size,
+                                   start_step=self.start_step if split == "train" else 0)
+
+    def _resume(self) -> tuple[int, int]:
+        """Auto-resume from the newest good checkpoint in run_dir (or checkpoint.resume)."""
+        from dist_pretrain import checkpoint
+
+        how = self.cfg.checkpoint.resume
+        if how == "none":
+            return 0, 0
+        if how == "auto":
+            path, warnings = checkpoint.resume_point(self.cfg.run_dir)
+        else:
+            path, warnings = Path(how), []
+            problem = checkpoint.verify(path)
+            if problem:
+                raise checkpoint.CheckpointError(f"checkpoint.resume={how}: {problem}")
+        if self.rt.is_logging_rank:
+            for warning in warnings:
+                print(f"warning: {warning}", flush=True)
+        if path is None:
+            return 0, 0
+        if self.cfg.parallel.zero_stage not in (1, 2):
+            raise checkpoint.CheckpointError(
+                f"{path} can be resumed with parallel.zero_stage 1 or 2 (got {self.cfg.parallel.zero_stage})")
+        meta = checkpoint.load(self, path)
+        if self.rt.is_logging_rank:
+            was = meta["layout"]
+            print(f"resumed from {path} (step {meta['step']}; saved at TP {was['tp']} PP {was['pp']} "
+                  f"DP {was['dp']} ZeRO-{was['zero_stage']})", flush=True)
+        return int(meta["step"]), int(meta.get("skipped_steps", 0))
 
     def _run_schedule(self, data, forward_only: bool) -> list[dict]:
         iterators = fan_out(data, self.num_chunks)
@@ -216,13 +288,15 @@ class Trainer:
         return state() if state else {}
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, stop: "StopSignals | None" = None) -> dict[str, float]:
         self.engine.train(False)
         batches = self._batches("valid")
         data = to_device(batches, self.rt.device)
         totals: dict[str, float] = {}
         try:
             for _ in range(self.cfg.train.eval_steps):
+                if stop is not None and stop.agreed():  # a stop signal cuts validation short
+                    return {}
                 outputs = self._run_schedule(data, forward_only=True)
                 for key, value in _global_metrics(outputs, self.metric_keys, self.rt).items():
                     totals[key] = totals.get(key, 0.0) + value / self.cfg.train.eval_steps
@@ -237,30 +311,56 @@ class Trainer:
                 **{f"val/{_tag(k)}": v for k, v in totals.items()}}
 
     def fit(self) -> list[dict[str, Any]]:
+        """Train to ``train.steps``; returns this run's per-step values.
+
+        Checkpoints every ``checkpoint.interval`` steps and at the end. After a stop signal
+        (or ``checkpoint.exit_after_minutes``) every rank agrees at the next step boundary,
+        a checkpoint is saved and the process exits with ``checkpoint.exit_code``
+        (``StopTraining``), which Slurm scripts turn into a requeue.
+        """
+        from dist_pretrain import checkpoint
+
         cfg = self.cfg
         history = []
+        stop = StopSignals(cfg.checkpoint.signals, cfg.checkpoint.exit_after_minutes)
         if self.rt.is_logging_rank:
             print(f"training {cfg.family} | TP {self.rt.tp} PP {self.rt.pp} VPP {self.rt.vpp or 1} "
                   f"DP {self.rt.dp} | ZeRO-{cfg.parallel.zero_stage} | {cfg.train.precision} | "
                   f"{self.num_microbatches} micro-batches of {cfg.train.micro_batch_size} | "
                   f"{self.rt.backend} | peak {self.peak_tflops:.2f} TFLOP/s/dev", flush=True)
-        for step in range(1, cfg.train.steps + 1):
-            values = self.train_step(step)
-            if cfg.train.eval_interval and (step % cfg.train.eval_interval == 0 or step == cfg.train.steps):
-                values.update(self.evaluate())
-                if self.rt.is_logging_rank:
-                    print(f"validation at step {step}: loss {values['val/loss']:.4f} | "
-                          f"perplexity {values['val/perplexity']:.2f}", flush=True)
-            self.monitor.scalars(step, values)
-            self.monitor.console(step, cfg.train.steps, values)
-            history.append({"step": step, **values})
-        self.monitor.close()
-        if hasattr(self.train_stream, "close"):
-            self.train_stream.close()
-        if self.rt.is_logging_rank:
             Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+        try:
+            for step in range(self.start_step + 1, cfg.train.steps + 1):
+                values = self.train_step(step)
+                if cfg.train.eval_interval and (step % cfg.train.eval_interval == 0 or step == cfg.train.steps):
+                    values.update(self.evaluate(stop))
+                    if self.rt.is_logging_rank and "val/loss" in values:
+                        print(f"validation at step {step}: loss {values['val/loss']:.4f} | "
+                              f"perplexity {values['val/perplexity']:.2f}", flush=True)
+                self.monitor.scalars(step, values)
+                self.monitor.console(step, cfg.train.steps, values)
+                history.append({"step": step, **values})
+                self._append_history(history[-1])
+                stopping = stop.agreed()
+                interval = cfg.checkpoint.interval
+                if (interval and (step % interval == 0 or step == cfg.train.steps)) or stopping:
+                    checkpoint.save(self, step)
+                if stopping:
+                    raise StopTraining(cfg.checkpoint.exit_code, f"{stop.reason}: checkpoint of step {step} saved")
+        finally:
+            stop.restore()
+            self.monitor.close()
+            if hasattr(self.train_stream, "close"):
+                self.train_stream.close()
+        if self.rt.is_logging_rank:
             (Path(cfg.run_dir) / "history.json").write_text(json.dumps(history, indent=1))
         return history
+
+    def _append_history(self, values: dict) -> None:
+        """One JSON line per step in run_dir/history.jsonl, across resumed runs."""
+        if self.rt.is_logging_rank:
+            with open(Path(self.cfg.run_dir) / "history.jsonl", "a") as f:
+                f.write(json.dumps(values) + "\n")
 
     def parameters_by_name(self) -> dict[str, torch.Tensor]:
         """Local parameter shards by name (tests compare them across ranks)."""

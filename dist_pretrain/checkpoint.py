@@ -1,0 +1,390 @@
+"""Distributed checkpoints: one directory per step, reshardable, atomic, verified.
+
+Format (one ``dist_checkpointing`` / torch_dist directory per step): every parameter is
+stored under its global megatron key (``decoder.layers.3.mlp.linear_fc1.weight``) with
+its TP/PP sharding described by megatron's ``sharded_state_dict``, as fp32 master weights
+(``model.*``) with AdamW's moments (``optimizer.exp_avg.*``, ``optimizer.exp_avg_sq.*``)
+sharded exactly like the parameter they belong to. The optimizer values come from
+DeepSpeed's ``safe_get_full_*`` APIs (which gather a parameter's ZeRO partitions across
+the data-parallel group), so a checkpoint does not depend on the DP size or ZeRO stage
+and loads at any TP / PP / VPP / DP layout. ``meta.json`` holds the step, the data-stream
+position, RNG states, the config and the code version; ``manifest.json`` the sha256 of
+every file.
+
+Writing: into ``tmp-step-N``, fsync'd, checksummed, then renamed to ``step-N`` and
+``latest`` (a one-line file) replaced atomically; old checkpoints are pruned only after
+that (keep the last ``checkpoint.keep`` and every ``checkpoint.keep_every``-th step). A
+failed save (disk full...) leaves the previous checkpoints and ``latest`` untouched.
+Loading verifies the checksums first and falls back to the newest good checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from megatron.core import dist_checkpointing, parallel_state
+from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written or used, with the reason."""
+
+
+# --------------------------------------------------------------------------- sharded tensors
+
+
+def _inner(chunk: torch.nn.Module) -> torch.nn.Module:
+    """The megatron model inside EngineChunk / DDP / Float16Module wrappers."""
+    while hasattr(chunk, "module"):
+        chunk = chunk.module
+    return chunk
+
+
+def parameter_shards(chunks: list[torch.nn.Module]) -> list[tuple[torch.nn.Parameter, ShardedTensor]]:
+    """(parameter, its ShardedTensor under the global key) for every local parameter.
+
+    A parameter copied on another pipeline stage (``shared``: tied output layer, T5's
+    decoder-stage embeddings) becomes a non-zero replica so that only one copy is written.
+    """
+    metadata = {"dp_cp_group": parallel_state.get_data_parallel_group(with_context_parallel=True)}
+    by_id = {}
+    out = []
+    for chunk in chunks:
+        model = _inner(chunk)
+        for p in model.parameters():
+            by_id[id(p)] = p
+        for st in model.sharded_state_dict(prefix="", metadata=metadata).values():
+            if not isinstance(st, ShardedTensor) or id(st.data) not in by_id:
+                continue
+            p = by_id[id(st.data)]
+            if getattr(p, "shared", False) and isinstance(st.replica_id, tuple):
+                st = dataclasses.replace(st, replica_id=(1, *st.replica_id[1:]))
+            out.append((p, st))
+    return out
+
+
+def _slot(kind: str, st: ShardedTensor) -> str:
+    """Dict key of one local shard: megatron stacks all layers of a block under one tensor
+    key (offset by layer), so the key alone is not unique."""
+    return f"{kind}/{st.key}/{st.global_offset}"
+
+
+def _sharded(st: ShardedTensor, prefix: str, data: torch.Tensor) -> ShardedTensor:
+    return dataclasses.replace(st, key=f"{prefix}.{st.key}", data=data, dtype=data.dtype)
+
+
+def _relink_optimizer_state(engine) -> None:
+    """Point every parameter's ZeRO fragment at the current AdamW state.
+
+    DeepSpeed 0.19.8 links them once, right after the first param group's first step
+    (``_lazy_init_hp_params_optimizer_state``), when the other groups (our no-decay
+    group) have no state yet: their moments would read as missing.
+    """
+    engine.optimizer._hp_optimizer_states_linked = False
+    engine.optimizer._lazy_init_hp_params_optimizer_state()
+
+
+def training_state_dict(engine, chunks) -> dict[str, ShardedTensor]:
+    """fp32 master weights and AdamW moments of every local parameter, sharded like it."""
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    if engine.optimizer.optimizer.state:
+        _relink_optimizer_state(engine)
+    state = {}
+    for p, st in parameter_shards(chunks):
+        state[_slot("model", st)] = _sharded(st, "model", safe_get_full_fp32_param(p).float().contiguous())
+        for moment in MOMENTS:
+            value = safe_get_full_optimizer_state(p, moment)
+            if value is None:  # no optimizer step yet
+                value = torch.zeros_like(p, dtype=torch.float32)
+            state[_slot(moment, st)] = _sharded(st, f"optimizer.{moment}", value.float().contiguous())
+    return state
+
+
+def _ensure_adam_state(engine, step: int) -> None:
+    """AdamW creates its state lazily at the first step: create it so it can be overwritten."""
+    optimizer = engine.optimizer.optimizer  # the torch AdamW inside DeepSpeed's ZeRO optimizer
+    for flat in engine.optimizer.single_partition_of_fp32_groups:
+        state = optimizer.state[flat]
+        state["step"] = torch.tensor(float(step))
+        for moment in MOMENTS:
+            state.setdefault(moment, torch.zeros_like(flat))
+
+
+def load_training_state(engine, chunks, directory: Path, step: int) -> None:
+    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+    shards = parameter_shards(chunks)
+    template = {}
+    for p, st in shards:
+        template[_slot("model", st)] = _sharded(st, "model", torch.empty(p.shape, dtype=torch.float32))
+        for moment in MOMENTS:
+            template[_slot(moment, st)] = _sharded(st, f"optimizer.{moment}",
+                                                   torch.empty(p.shape, dtype=torch.float32))
+    loaded = dist_checkpointing.load(template, str(directory))
+    _ensure_adam_state(engine, step)
+    _relink_optimizer_state(engine)
+    with torch.no_grad():
+        for p, st in shards:
+            master = loaded[_slot("model", st)]
+            p.data.copy_(master.to(p.dtype))
+            safe_set_full_fp32_param(p, master)
+            for moment in MOMENTS:
+                safe_set_full_optimizer_state(p, loaded[_slot(moment, st)], moment)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def verify(directory: Path) -> str | None:
+    """None if the checkpoint is complete and every file matches its checksum, else why not."""
+    manifest = directory / "manifest.json"
+    if not manifest.is_file():
+        return "no manifest.json (incomplete save)"
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError) as err:
+        return f"unreadable manifest.json: {err}"
+    for name, entry in files.items():
+        path = directory / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != entry["bytes"]:
+            return f"{name} has {path.stat().st_size} bytes, manifest says {entry['bytes']} (truncated?)"
+        if _sha256(path) != entry["sha256"]:
+            return f"{name} does not match its sha256 (corrupt)"
+    return None
+
+
+def step_dirs(root: Path) -> list[tuple[int, Path]]:
+    out = []
+    for path in root.glob("step-*"):
+        try:
+            out.append((int(path.name.split("-", 1)[1]), path))
+        except ValueError:
+            continue
+    return sorted(out)
+
+
+def find_resumable(root: Path) -> tuple[Path | None, list[str]]:
+    """The checkpoint to resume from: ``latest`` if it verifies, else the newest that does.
+
+    Returns it (or None) and warnings naming what was skipped and why.
+    """
+    warnings = []
+    candidates = [path for _, path in reversed(step_dirs(root))]
+    latest = root / "latest"
+    if latest.is_file():
+        name = latest.read_text().strip()
+        target = root / name
+        if not name.startswith("step-") or not target.is_dir():
+            warnings.append(f"{latest} points to {name!r}, which is not a checkpoint; ignoring it")
+        else:
+            candidates = [target] + [c for c in candidates if c != target]
+    for path in candidates:
+        problem = verify(path)
+        if problem is None:
+            return path, warnings
+        warnings.append(f"checkpoint {path} is unusable: {problem}; trying an older one")
+    return None, warnings
+
+
+def _code_version() -> str:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _rng_state() -> dict:
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
+             "torch": torch.get_rng_state().tolist()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state().tolist()
+    return state
+
+
+# --------------------------------------------------------------------------- save / load
+
+
+def save(trainer, step: int) -> Path:
+    """Write the checkpoint of ``step`` (all ranks call this); returns its directory."""
+    cfg = trainer.cfg.checkpoint
+    root = Path(trainer.cfg.run_dir) / "checkpoints"
+    rank0 = torch.distributed.get_rank() == 0
+    tmp, final = root / f"tmp-step-{step:08d}", root / f"step-{step:08d}"
+    ok = torch.zeros(1)
+    try:
+        if rank0:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+        torch.distributed.barrier()
+        state = training_state_dict(trainer.engine.engine, trainer.engine.model_chunks)
+        dist_checkpointing.save(state, str(tmp))
+        if rank0:
+            meta = {"step": step, "data": trainer.data_state(), "config": trainer.cfg.model_dump(),
+                    "code_version": _code_version(), "layout": {"tp": trainer.rt.tp, "pp": trainer.rt.pp,
+                                                                 "vpp": trainer.rt.vpp, "dp": trainer.rt.dp,
+                                                                 "zero_stage": trainer.cfg.parallel.zero_stage},
+                    "rng": _rng_state(), "skipped_steps": getattr(trainer, "skipped_steps", 0)}
+            (tmp / "meta.json").write_text(json.dumps(meta))
+            files = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+                     for p in sorted(tmp.rglob("*")) if p.is_file()}
+            (tmp / "manifest.json").write_text(json.dumps({"step": step, "files": files}, indent=1))
+            _fsync_tree(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _write_atomic(root / "latest", final.name + "\n")
+        ok += 1
+    except Exception as err:  # noqa: BLE001 - report, keep the previous checkpoint, go on
+        if rank0:
+            print(f"error: saving checkpoint step {step} failed ({type(err).__name__}: {err}); "
+                  f"the previous checkpoints and 'latest' are untouched", flush=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+    torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+    if not ok.item():
+        raise CheckpointError(f"checkpoint of step {step} was not written; previous checkpoints kept")
+    if rank0:
+        prune(root, cfg.keep, cfg.keep_every)
+        print(f"saved checkpoint {final}", flush=True)
+    torch.distributed.barrier()
+    return final
+
+
+def prune(root: Path, keep: int, keep_every: int) -> None:
+    """Delete old checkpoints: keep the newest ``keep`` and every ``keep_every``-th step."""
+    steps = step_dirs(root)
+    newest = {s for s, _ in steps[-keep:]} if keep > 0 else {s for s, _ in steps}
+    for s, path in steps:
+        if s in newest or (keep_every and s % keep_every == 0):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def load(trainer, directory: Path) -> dict[str, Any]:
+    """Restore weights, optimizer state and RNG from ``directory``; returns its meta.json."""
+    meta = json.loads((directory / "meta.json").read_text())
+    load_training_state(trainer.engine.engine, trainer.engine.model_chunks, directory, meta["step"])
+    rng = meta["rng"]
+    random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
+    name, keys, pos, has_gauss, gauss = rng["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
+    return meta
+
+
+def resume_point(run_dir: str) -> tuple[Path | None, list[str]]:
+    """Rank 0 picks the checkpoint (verifying checksums) and tells every rank."""
+    choice: list[Any] = [None, []]
+    if torch.distributed.get_rank() == 0:
+        path, warnings = find_resumable(Path(run_dir) / "checkpoints")
+        choice = [str(path) if path else None, warnings]
+    torch.distributed.broadcast_object_list(choice, src=0)
+    return (Path(choice[0]) if choice[0] else None), choice[1]
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def consolidate(directory: Path) -> dict[str, torch.Tensor]:
+    """The full (unsharded) fp32 weights of a checkpoint, keyed by megatron's global names."""
+    import tempfile
+
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "full.pt"
+        dcp_to_torch_save(str(directory), str(out))
+        full = torch.load(out, weights_only=True)
+    return {k[len("model."):]: v for k, v in full.items() if k.startswith("model.")}
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="dist-pretrain checkpoint")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    inspect = sub.add_parser("inspect", help="layout, step, tokens, sizes, checksum status")
+    inspect.add_argument("dir")
+    convert = sub.add_parser("convert", help="to one consolidated fp32 state dict (torch.save)")
+    convert.add_argument("dir")
+    convert.add_argument("output")
+    args = parser.parse_args(argv)
+    directory = Path(args.dir)
+    if (directory / "checkpoints").is_dir():  # a run directory: its checkpoint to resume from
+        directory, warnings = find_resumable(directory / "checkpoints")
+        for warning in warnings:
+            print(f"warning: {warning}")
+        if directory is None:
+            print(f"no usable checkpoint under {args.dir}")
+            return 1
+    problem = verify(directory)
+    if args.cmd == "inspect":
+        meta = json.loads((directory / "meta.json").read_text()) if (directory / "meta.json").is_file() else {}
+        files = sorted(p for p in directory.rglob("*") if p.is_file())
+        cfg = meta.get("config", {})
+        tokens = meta.get("step", 0) * cfg.get("train", {}).get("global_batch_size", 0) * \
+            cfg.get("model", {}).get("seq_length", 0)
+        print(f"checkpoint   {directory}")
+        print(f"step         {meta.get('step')}   (data stream at global step {meta.get('data', {}).get('step')})")
+        print(f"tokens       {tokens:,} (step x global batch x seq length)")
+        print(f"family       {cfg.get('family')}   layout at save: {meta.get('layout')}")
+        print(f"code         {meta.get('code_version')}")
+        print(f"files        {len(files)}, {sum(p.stat().st_size for p in files) / 2**20:.1f} MiB")
+        print(f"checksums    {'ok' if problem is None else 'BAD: ' + problem}")
+        return 0 if problem is None else 1
+    if problem:
+        print(f"error: {directory}: {problem}")
+        return 1
+    state = consolidate(directory)
+    torch.save(state, args.output)
+    print(f"wrote {args.output}: {len(state)} tensors, "
+          f"{sum(t.numel() for t in state.values()):,} parameters (fp32)")
+    return 0
