@@ -26,10 +26,24 @@ def _train(argv: list[str]) -> int:
             print(f"error: {err}", file=sys.stderr)
         return 2
     from dist_pretrain.runtime import shutdown
-    from dist_pretrain.train import StopTraining
+    from dist_pretrain.train import StopTraining, TrainingAborted
 
     try:
         trainer.fit()
+    except TrainingAborted as abort:
+        if trainer.rt.is_logging_rank:
+            print(f"error: training aborted: {abort}", file=sys.stderr, flush=True)
+        shutdown()
+        return 1
+    except RuntimeError as err:
+        if "timed out" not in str(err).lower() and "timeout" not in str(err).lower():
+            raise
+        env = trainer.rt.env
+        print(f"error: rank {env.rank} (local {env.local_rank}, {env.launcher}): a collective waited more than "
+              f"parallel.timeout_minutes={cfg.parallel.timeout_minutes} for another rank, which stopped "
+              f"participating (hung or dead); {type(err).__name__}: {str(err).splitlines()[0]}",
+              file=sys.stderr, flush=True)
+        return 1
     except StopTraining as stop:
         if trainer.rt.is_logging_rank:
             print(f"stopping: {stop.reason}; exit {stop.code} (requeue to resume)", flush=True)

@@ -59,7 +59,7 @@ class ParallelConfig(_Section):
     nproc: int = Field(1, ge=1, description="processes on this node")
     offload_optimizer: bool = False
     offload_params: bool = False
-    timeout_minutes: int = Field(10, ge=1)
+    timeout_minutes: float = Field(10.0, gt=0, description="a collective waiting longer fails (hung rank)")
 
 
 class TrainConfig(_Section):
@@ -80,6 +80,8 @@ class TrainConfig(_Section):
     eval_interval: int = Field(0, ge=0, description="0 disables validation")
     eval_steps: int = Field(4, ge=1)
     threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads per process")
+    max_skipped_in_a_row: int = Field(5, ge=1, description="abort after this many consecutive steps "
+                                                         "skipped for a non-finite loss or grad norm")
 
 
 class BlendEntry(_Section):
@@ -356,7 +358,8 @@ def deepspeed_config(cfg: Config, dp_size: int, num_microbatches: int) -> dict:
         "gradient_accumulation_steps": 1,
         "train_batch_size": tr.global_batch_size,
         "gradient_clipping": tr.grad_clip,
-        "bf16": {"enabled": tr.precision == "bf16"},
+        # skip the update when the global grad norm is inf/NaN (DeepSpeed does so in fp32 by itself)
+        "bf16": {"enabled": tr.precision == "bf16", "check_grad_overflow": True},
         "fp16": {"enabled": False},
         "zero_optimization": {
             "stage": par.zero_stage,

@@ -199,14 +199,18 @@ class ZeroEngine:
 
     # ------------------------------------------------------------------ the step
 
-    def step(self, lr: float) -> float:
-        """Apply the update for this global step; returns the (pre-clip) global grad norm."""
+    def step(self, lr: float) -> tuple[float, bool]:
+        """Apply the update for this global step: (pre-clip global grad norm, applied?).
+
+        With an inf/NaN grad norm ZeRO skips the update and clears the gradients
+        (``bf16.check_grad_overflow`` makes it do so in bf16 too); ``_step_applied`` says so.
+        """
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.engine.step()
         self._backwards_this_step = 0
         norm = self.engine.get_global_grad_norm()
-        return float(norm) if norm is not None else float("nan")
+        return (float(norm) if norm is not None else float("nan")), bool(self.engine._step_applied)
 
     def zero_grad(self) -> None:
         """ZeRO clears its own gradients after each step."""

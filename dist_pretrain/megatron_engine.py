@@ -9,6 +9,8 @@ clips by the global norm across TP x PP and applies AdamW. Same interface as
 
 from __future__ import annotations
 
+import math
+
 import torch
 from megatron.core.distributed import (
     DistributedDataParallel,
@@ -47,15 +49,23 @@ class MegatronDDPEngine:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
 
-    def step(self, lr: float) -> float:
+    def step(self, lr: float) -> tuple[float, bool]:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
             # megatron marks biases / norms with wd_mult=0, applied by its LR scheduler,
             # which we do not use: apply it here or they would be decayed.
             group["weight_decay"] = self.weight_decay * group.get("wd_mult", 1.0)
+        # megatron skips only on fp16 loss-scale overflow: check the global norm first, after
+        # prepare_grads() has moved the DDP buffer's main_grad into .grad (idempotent; step()
+        # repeats it)
+        found_inf = self.optimizer.prepare_grads()
+        norm = float(self.optimizer.get_grad_norm())
+        if found_inf or not math.isfinite(norm):
+            self.zero_grad()
+            return norm, False
         _, grad_norm, _ = self.optimizer.step()
         self.zero_grad()
-        return float(grad_norm) if grad_norm is not None else float("nan")
+        return (float(grad_norm) if grad_norm is not None else norm), True
 
     def train(self, mode: bool = True) -> None:
         for chunk in self.model_chunks:

@@ -76,7 +76,7 @@ class Runtime:
         return self.env.rank == 0
 
 
-def init_distributed(tp: int, pp: int, vpp: int | None, timeout_minutes: int = 10) -> Runtime:
+def init_distributed(tp: int, pp: int, vpp: int | None, timeout_minutes: float = 10) -> Runtime:
     """Start torch.distributed (+ DeepSpeed comm) and megatron-core's parallel_state."""
     from megatron.core import parallel_state
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -147,6 +148,31 @@ def _global_metrics(outputs: list[dict], keys: list[str], rt: Runtime) -> dict[s
     return {key: float(t[0] / t[1]) if t[1] > 0 else float("nan") for key, t in zip(keys, totals)}
 
 
+class TrainingAborted(RuntimeError):
+    """Training cannot go on (e.g. repeated non-finite losses); checkpoints are left as they were."""
+
+
+def _fault_nan_steps() -> set[int]:
+    """Fault injection for tests and drills: DIST_PRETRAIN_FAULT_NAN_STEPS=3,4 makes the loss
+    of those steps NaN on every rank (as a diverging run would)."""
+    raw = os.environ.get("DIST_PRETRAIN_FAULT_NAN_STEPS", "")
+    return {int(s) for s in raw.split(",") if s.strip()}
+
+
+def _poisoned(forward_step):
+    def step(data_iterator, model):
+        output, loss_func = forward_step(data_iterator, model)
+
+        def nan_loss(out):
+            loss, tokens, logged = loss_func(out)
+            nan = torch.tensor([float("nan"), 1.0])  # poison the sums, keep the counts
+            return loss * float("nan"), tokens, {k: v * nan for k, v in logged.items()}
+
+        return output, nan_loss
+
+    return step
+
+
 class StopTraining(SystemExit):
     """Leave training after a stop signal or time limit, with the exit status for requeueing."""
 
@@ -206,6 +232,7 @@ class Trainer:
         self.num_chunks = len(chunks)
         self.engine = build_engine(cfg, self.rt, chunks, self.tconfig, self.num_microbatches)
         self.start_step, self.skipped_steps = self._resume()
+        self.skipped_in_a_row = 0
         self.forward_backward = get_forward_backward_func()
         self.monitor = Monitor(cfg.run_dir, self.rt.is_logging_rank, cfg.monitor.tensorboard,
                                cfg.train.log_interval)
@@ -250,10 +277,11 @@ class Trainer:
                   f"DP {was['dp']} ZeRO-{was['zero_stage']})", flush=True)
         return int(meta["step"]), int(meta.get("skipped_steps", 0))
 
-    def _run_schedule(self, data, forward_only: bool) -> list[dict]:
+    def _run_schedule(self, data, forward_only: bool, poison: bool = False) -> list[dict]:
         iterators = fan_out(data, self.num_chunks)
+        step_func = _poisoned(self.family.forward_step) if poison else self.family.forward_step
         return self.forward_backward(
-            forward_step_func=self.family.forward_step,
+            forward_step_func=step_func,
             data_iterator=iterators if self.num_chunks > 1 else iterators[0],
             model=self.engine.model_chunks,
             num_microbatches=self.num_microbatches,
@@ -266,8 +294,8 @@ class Trainer:
         lr = learning_rate(step, self.cfg)
         self.engine.train()
         t0 = time.perf_counter()
-        outputs = self._run_schedule(self.train_data, forward_only=False)
-        grad_norm = self.engine.step(lr)
+        outputs = self._run_schedule(self.train_data, forward_only=False, poison=step in _fault_nan_steps())
+        grad_norm, applied = self.engine.step(lr)
         metrics = _global_metrics(outputs, self.metric_keys, self.rt)
         step_s = time.perf_counter() - t0
         data_wait = self.train_data.take_wait()
@@ -280,7 +308,28 @@ class Trainer:
         skipped = getattr(self.train_stream, "skipped_shards", None)
         if skipped is not None:
             values["data/corrupt_shards_skipped"] = float(len(skipped))
+        self._count_skip(step, applied and math.isfinite(values["train/loss"]), values)
         return values
+
+    def _count_skip(self, step: int, ok: bool, values: dict) -> None:
+        """Non-finite loss / grad norm: the update was skipped; abort after too many in a row."""
+        if ok:
+            self.skipped_in_a_row = 0
+        else:
+            self.skipped_steps += 1
+            self.skipped_in_a_row += 1
+            if self.rt.is_logging_rank:
+                print(f"warning: step {step} skipped: loss {values['train/loss']}, grad norm "
+                      f"{values['train/grad_norm']} ({self.skipped_in_a_row} in a row)", flush=True)
+        values["train/skipped_steps"] = float(self.skipped_steps)
+        limit = self.cfg.train.max_skipped_in_a_row
+        if self.skipped_in_a_row >= limit:
+            raise TrainingAborted(
+                f"{limit} consecutive steps (up to step {step}) had a non-finite loss or grad norm "
+                f"(last: loss {values['train/loss']}, grad norm {values['train/grad_norm']}); no update "
+                f"was applied and no checkpoint written since: resume from the last checkpoint in "
+                f"{self.cfg.run_dir}/checkpoints with a lower train.lr or other data"
+            )
 
     def data_state(self) -> dict:
         """Where the training stream stands (for checkpoints): global steps handed out."""
@@ -343,7 +392,9 @@ class Trainer:
                 self._append_history(history[-1])
                 stopping = stop.agreed()
                 interval = cfg.checkpoint.interval
-                if (interval and (step % interval == 0 or step == cfg.train.steps)) or stopping:
+                periodic = interval and (step % interval == 0 or step == cfg.train.steps)
+                # a step whose update was skipped (non-finite) may start a divergence: keep `latest`
+                if (periodic and not self.skipped_in_a_row) or stopping:
                     checkpoint.save(self, step)
                 if stopping:
                     raise StopTraining(cfg.checkpoint.exit_code, f"{stop.reason}: checkpoint of step {step} saved")
