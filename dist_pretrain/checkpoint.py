@@ -4,10 +4,11 @@ Format (one ``dist_checkpointing`` / torch_dist directory per step): every param
 stored under its global megatron key (``decoder.layers.3.mlp.linear_fc1.weight``) with
 its TP/PP sharding described by megatron's ``sharded_state_dict``, as fp32 master weights
 (``model.*``) with AdamW's moments (``optimizer.exp_avg.*``, ``optimizer.exp_avg_sq.*``)
-sharded exactly like the parameter they belong to. The optimizer values come from
-DeepSpeed's ``safe_get_full_*`` APIs (which gather a parameter's ZeRO partitions across
-the data-parallel group), so a checkpoint does not depend on the DP size or ZeRO stage
-and loads at any TP / PP / VPP / DP layout. ``meta.json`` holds the step, the data-stream
+sharded exactly like the parameter they belong to. The optimizer values come from the
+engine (``master_state``: DeepSpeed's ``safe_get_full_*`` APIs gather a parameter's ZeRO
+partitions across the data-parallel group; megatron's optimizer holds them whole), so a
+checkpoint does not depend on the DP size or ZeRO stage (0, 1, 2) and loads at any
+TP / PP / VPP / DP layout. ``meta.json`` holds the step, the data-stream
 position, RNG states, the config and the code version; ``manifest.json`` the sha256 of
 every file.
 
@@ -85,64 +86,30 @@ def _sharded(st: ShardedTensor, prefix: str, data: torch.Tensor) -> ShardedTenso
     return dataclasses.replace(st, key=f"{prefix}.{st.key}", data=data, dtype=data.dtype)
 
 
-def _relink_optimizer_state(engine) -> None:
-    """Point every parameter's ZeRO fragment at the current AdamW state.
-
-    DeepSpeed 0.19.8 links them once, right after the first param group's first step
-    (``_lazy_init_hp_params_optimizer_state``), when the other groups (our no-decay
-    group) have no state yet: their moments would read as missing.
-    """
-    engine.optimizer._hp_optimizer_states_linked = False
-    engine.optimizer._lazy_init_hp_params_optimizer_state()
-
-
 def training_state_dict(engine, chunks) -> dict[str, ShardedTensor]:
     """fp32 master weights and AdamW moments of every local parameter, sharded like it."""
-    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
-
-    if engine.optimizer.optimizer.state:
-        _relink_optimizer_state(engine)
     state = {}
     for p, st in parameter_shards(chunks):
-        state[_slot("model", st)] = _sharded(st, "model", safe_get_full_fp32_param(p).float().contiguous())
+        master, moments = engine.master_state(p)
+        state[_slot("model", st)] = _sharded(st, "model", master.float().contiguous())
         for moment in MOMENTS:
-            value = safe_get_full_optimizer_state(p, moment)
+            value = moments[moment]
             if value is None:  # no optimizer step yet
                 value = torch.zeros_like(p, dtype=torch.float32)
             state[_slot(moment, st)] = _sharded(st, f"optimizer.{moment}", value.float().contiguous())
     return state
 
 
-def _ensure_adam_state(engine, step: int) -> None:
-    """AdamW creates its state lazily at the first step: create it so it can be overwritten."""
-    optimizer = engine.optimizer.optimizer  # the torch AdamW inside DeepSpeed's ZeRO optimizer
-    for flat in engine.optimizer.single_partition_of_fp32_groups:
-        state = optimizer.state[flat]
-        state["step"] = torch.tensor(float(step))
-        for moment in MOMENTS:
-            state.setdefault(moment, torch.zeros_like(flat))
-
-
 def load_training_state(engine, chunks, directory: Path, step: int) -> None:
-    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
-
     shards = parameter_shards(chunks)
     template = {}
     for p, st in shards:
-        template[_slot("model", st)] = _sharded(st, "model", torch.empty(p.shape, dtype=torch.float32))
-        for moment in MOMENTS:
-            template[_slot(moment, st)] = _sharded(st, f"optimizer.{moment}",
-                                                   torch.empty(p.shape, dtype=torch.float32))
+        for kind, prefix in [("model", "model")] + [(m, f"optimizer.{m}") for m in MOMENTS]:
+            template[_slot(kind, st)] = _sharded(st, prefix, torch.empty(p.shape, dtype=torch.float32))
     loaded = dist_checkpointing.load(template, str(directory))
-    _ensure_adam_state(engine, step)
-    _relink_optimizer_state(engine)
     with torch.no_grad():
-        for p, st in shards:
-            master = loaded[_slot("model", st)]
-            p.data.copy_(master.to(p.dtype))
-            safe_set_full_fp32_param(p, master)
-            for moment in MOMENTS:
-                safe_set_full_optimizer_state(p, loaded[_slot(moment, st)], moment)
+        engine.load_master_state([(p, loaded[_slot("model", st)], {m: loaded[_slot(m, st)] for m in MOMENTS})
+                                  for p, st in shards], step)
 
 
 # --------------------------------------------------------------------------- files
@@ -265,7 +232,7 @@ def save(trainer, step: int) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
         torch.distributed.barrier()
-        state = training_state_dict(trainer.engine.engine, trainer.engine.model_chunks)
+        state = training_state_dict(trainer.engine, trainer.engine.model_chunks)
         dist_checkpointing.save(state, str(tmp))
         if rank0:
             meta = {"step": step, "data": trainer.data_state(), "config": trainer.cfg.model_dump(),
@@ -311,7 +278,7 @@ def prune(root: Path, keep: int, keep_every: int) -> None:
 def load(trainer, directory: Path) -> dict[str, Any]:
     """Restore weights, optimizer state and RNG from ``directory``; returns its meta.json."""
     meta = json.loads((directory / "meta.json").read_text())
-    load_training_state(trainer.engine.engine, trainer.engine.model_chunks, directory, meta["step"])
+    load_training_state(trainer.engine, trainer.engine.model_chunks, directory, meta["step"])
     rng = meta["rng"]
     random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
     name, keys, pos, has_gauss, gauss = rng["numpy"]

@@ -212,6 +212,47 @@ class ZeroEngine:
         norm = self.engine.get_global_grad_norm()
         return (float(norm) if norm is not None else float("nan")), bool(self.engine._step_applied)
 
+    # ------------------------------------------------------------------ checkpoint state
+
+    def master_state(self, p: torch.nn.Parameter) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
+        """fp32 master value and AdamW moments of ``p`` (ZeRO partitions gathered over DP)."""
+        from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+        if self.engine.optimizer.optimizer.state and not self._state_linked:
+            self._relink_optimizer_state()
+        moments = {m: safe_get_full_optimizer_state(p, m) for m in ("exp_avg", "exp_avg_sq")}
+        return safe_get_full_fp32_param(p), moments
+
+    def load_master_state(self, values: list[tuple[torch.nn.Parameter, torch.Tensor, dict]], step: int) -> None:
+        """Set master values and AdamW moments (and the model copy) of the given parameters."""
+        from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+        adam = self.engine.optimizer.optimizer  # the torch AdamW inside DeepSpeed's ZeRO optimizer
+        for flat in self.engine.optimizer.single_partition_of_fp32_groups:  # AdamW state is lazy
+            state = adam.state[flat]
+            state["step"] = torch.tensor(float(step))
+            for moment in ("exp_avg", "exp_avg_sq"):
+                state.setdefault(moment, torch.zeros_like(flat))
+        self._relink_optimizer_state()
+        for p, master, moments in values:
+            p.data.copy_(master.to(p.dtype))
+            safe_set_full_fp32_param(p, master)
+            for name, value in moments.items():
+                safe_set_full_optimizer_state(p, value, name)
+
+    _state_linked = False
+
+    def _relink_optimizer_state(self) -> None:
+        """Point every parameter's ZeRO fragment at the current AdamW state.
+
+        DeepSpeed links them once, right after the first param group's first step
+        (``_lazy_init_hp_params_optimizer_state``), when the other groups (our no-decay
+        group) have no state yet: their moments would read as missing.
+        """
+        self.engine.optimizer._hp_optimizer_states_linked = False
+        self.engine.optimizer._lazy_init_hp_params_optimizer_state()
+        self._state_linked = True
+
     def zero_grad(self) -> None:
         """ZeRO clears its own gradients after each step."""
 

@@ -67,6 +67,39 @@ class MegatronDDPEngine:
         self.zero_grad()
         return (float(grad_norm) if grad_norm is not None else norm), True
 
+    # ------------------------------------------------------------------ checkpoint state
+
+    def _main_params(self) -> dict[int, tuple[torch.nn.Parameter, torch.optim.Optimizer]]:
+        """model parameter -> (fp32 main parameter, torch optimizer holding its state)."""
+        out = {}
+        for opt in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
+            if hasattr(opt, "float16_groups"):  # bf16: fp32 main copies of the bf16 params
+                for low, high in zip(opt.float16_groups, opt.fp32_from_float16_groups):
+                    out.update({id(p): (m, opt.optimizer) for p, m in zip(low, high)})
+                for group in getattr(opt, "fp32_from_fp32_groups", []):
+                    out.update({id(p): (p, opt.optimizer) for p in group})
+            else:  # fp32: the model parameters are the main parameters
+                for group in opt.optimizer.param_groups:
+                    out.update({id(p): (p, opt.optimizer) for p in group["params"]})
+        return out
+
+    def master_state(self, p):
+        main, opt = self._main_params()[id(p)]
+        state = opt.state.get(main, {})
+        return main.detach().float(), {m: state.get(m) for m in ("exp_avg", "exp_avg_sq")}
+
+    def load_master_state(self, values, step: int) -> None:
+        mains = self._main_params()
+        with torch.no_grad():
+            for p, master, moments in values:
+                main, opt = mains[id(p)]
+                main.copy_(master)
+                p.data.copy_(master.to(p.dtype))
+                state = opt.state[main]
+                state["step"] = torch.tensor(float(step))
+                for name, value in moments.items():
+                    state[name] = value.clone()
+
     def train(self, mode: bool = True) -> None:
         for chunk in self.model_chunks:
             chunk.train(mode)

@@ -147,3 +147,24 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path):
 def test_keep_last_n_and_every_kth(reference):
     names = sorted(p.name for p in (reference / "checkpoints").glob("step-*"))
     assert names == ["step-00000006", "step-00000007", "step-00000008"]  # keep=3 by default
+
+
+def test_megatron_ddp_zero0_checkpoint_resumes_exactly_and_under_deepspeed(tmp_path):
+    common = [*BASE, "train.steps=6", "parallel.zero_stage=0", "parallel.pipeline=2"]
+    ref = tmp_path / "ref"
+    assert launch(2, ref, *common)[0] == 0
+    run = tmp_path / "killed"
+    launch(2, run, *common, stop_at=3, sig=signal.SIGKILL)
+    rc, out = launch(2, run, *common)
+    assert rc == 0 and "resumed from" in out, out[-3000:]
+    assert losses(run) == losses(ref)
+    # the same checkpoint, continued by DeepSpeed ZeRO-1 over DP2 (engines share the format)
+    other = tmp_path / "zero1"
+    shutil.copytree(run, other)
+    for old in sorted((other / "checkpoints").glob("step-*"))[-2:]:  # back to step 4
+        shutil.rmtree(old)
+    (other / "checkpoints/latest").write_text("step-00000004\n")
+    rc, out = launch(2, other, *BASE, "train.steps=6", "parallel.zero_stage=1")
+    assert rc == 0 and "ZeRO-0" in out and "resumed from" in out, out[-3000:]
+    got, want = losses(other)[4:], losses(ref)[4:]
+    assert all(abs(g - w) <= 1e-5 * abs(w) for g, w in zip(got, want)), (got, want)
