@@ -23,8 +23,8 @@ BASE = ["train.steps=8", "checkpoint.interval=1", "monitor.tensorboard=false", "
 LAYOUT = ["parallel.pipeline=2", "parallel.zero_stage=2"]  # 2 processes, PP2 with ZeRO-2
 
 
-def launch(nproc, run_dir, *overrides, stop_at=None, sig=signal.SIGKILL, timeout=180):
-    """Run training; with ``stop_at``, send ``sig`` to the whole job once that step is logged."""
+def launch(nproc, run_dir, *overrides, stop_at=None, sig=signal.SIGKILL, timeout=180, delay=0.0):
+    """Run training; with ``stop_at``, send ``sig`` to the whole job ``delay`` s after that step is logged."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "dist_pretrain", "train", CFG, f"run_dir={run_dir}", f"parallel.nproc={nproc}", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -34,6 +34,7 @@ def launch(nproc, run_dir, *overrides, stop_at=None, sig=signal.SIGKILL, timeout
     if stop_at is not None:
         while proc.poll() is None and time.monotonic() < deadline:
             if stop_at in history(run_dir):
+                time.sleep(delay)
                 os.killpg(proc.pid, sig)
                 break
             time.sleep(0.05)
@@ -168,3 +169,29 @@ def test_megatron_ddp_zero0_checkpoint_resumes_exactly_and_under_deepspeed(tmp_p
     assert rc == 0 and "ZeRO-0" in out and "resumed from" in out, out[-3000:]
     got, want = losses(other)[4:], losses(ref)[4:]
     assert all(abs(g - w) <= 1e-5 * abs(w) for g, w in zip(got, want)), (got, want)
+
+
+def test_time_limit_and_a_signal_during_validation_save_and_exit_for_requeue(tmp_path):
+    run = tmp_path / "timed"
+    rc, out = launch(2, run, *BASE, *LAYOUT, "train.steps=400", "checkpoint.interval=0",
+                     "checkpoint.exit_after_minutes=0.05")
+    assert rc != 0 and "checkpoint.exit_after_minutes reached" in out, out[-3000:]
+    assert find_resumable(run / "checkpoints")[0] is not None
+    # a signal while validating: validation is cut short, every rank saves at the same step
+    run = tmp_path / "in_validation"
+    rc, out = launch(2, run, *BASE, *LAYOUT, "train.steps=400", "checkpoint.interval=0",
+                     "train.eval_interval=3", "train.eval_steps=100000", stop_at=2, delay=1.5,
+                     sig=signal.SIGTERM)  # step 3 trains in ~0.1 s: the signal lands in its validation
+    assert "stopping: stop signal" in out, out[-3000:]
+    saved = find_resumable(run / "checkpoints")[0]
+    assert saved is not None and saved.name == "step-00000003"
+
+
+def test_prune_keeps_the_newest_and_every_kth(tmp_path):
+    from dist_pretrain.checkpoint import prune
+
+    for s in range(1, 13):
+        (tmp_path / f"step-{s:08d}").mkdir()
+    prune(tmp_path, keep=2, keep_every=5)
+    assert sorted(p.name for p in tmp_path.glob("step-*")) == [
+        "step-00000005", "step-00000010", "step-00000011", "step-00000012"]
