@@ -31,14 +31,20 @@ def launch(nproc, run_dir, *overrides, stop_at=None, sig=signal.SIGKILL, timeout
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
     deadline = time.monotonic() + timeout
-    if stop_at is not None:
-        while proc.poll() is None and time.monotonic() < deadline:
-            if stop_at in history(run_dir):
-                time.sleep(delay)
-                os.killpg(proc.pid, sig)
-                break
-            time.sleep(0.05)
-    out, _ = proc.communicate(timeout=max(1, deadline - time.monotonic()))
+    try:
+        if stop_at is not None:
+            while proc.poll() is None and time.monotonic() < deadline:
+                if stop_at in history(run_dir):
+                    time.sleep(delay)
+                    os.killpg(proc.pid, sig)
+                    break
+                time.sleep(0.05)
+        out, _ = proc.communicate(timeout=max(1, deadline - time.monotonic()))
+    finally:  # never leave ranks behind (a killed launcher orphans its workers)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     return proc.returncode, out
 
 

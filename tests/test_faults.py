@@ -20,7 +20,16 @@ def launch(nproc, run_dir, *overrides, env=None, timeout=180):
            "-m", "dist_pretrain", "train", CFG, f"run_dir={run_dir}", f"parallel.nproc={nproc}", *COMMON,
            *overrides]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
-    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:  # never leave ranks behind
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def _rows(run_dir):
