@@ -408,7 +408,8 @@ def test_deepspeed_batch_keys(micro, global_batch, dp):
 @pytest.mark.parametrize("precision, enabled", [("bf16", True), ("fp32", False)])
 def test_deepspeed_precision_keys_follow_precision(precision, enabled):
     ds = deepspeed_config(tiny(f"train.precision={precision}"), 1, 4)
-    assert ds["bf16"] == {"enabled": enabled}
+    # check_grad_overflow: an inf/NaN grad norm skips the update in bf16 too (fp32 does by itself)
+    assert ds["bf16"] == {"enabled": enabled, "check_grad_overflow": True}
     # fp16 is always generated, and always off: train.precision has no fp16
     assert ds["fp16"] == {"enabled": False}
 
