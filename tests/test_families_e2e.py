@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from launch import run_group
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,9 +36,8 @@ def docs(tmp_path_factory):
 
 def _train(config, data, run_dir, *extra):
     env = {**os.environ, "PYTHON": sys.executable}
-    proc = subprocess.run(["bash", str(ROOT / "launchers/torchrun.sh"), config, f"data.path={data}",
-                           f"run_dir={run_dir}", *SMALL, *extra], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = run_group(["bash", str(ROOT / "launchers/torchrun.sh"), config, f"data.path={data}",
+                      f"run_dir={run_dir}", *SMALL, *extra], 300, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     acc = EventAccumulator(str(run_dir / "tensorboard"))
     acc.Reload()
@@ -72,7 +72,6 @@ def test_t5_span_corruption_on_real_text_encoder_and_decoder_stages(docs, tmp_pa
 
 def test_wrong_data_format_for_the_family_is_an_early_error(docs):
     env = {**os.environ, "PYTHON": sys.executable}
-    proc = subprocess.run(["bash", str(ROOT / "launchers/torchrun.sh"), "configs/gpt/demo.yaml",
-                           f"data.path={docs / 'bert'}"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = run_group(["bash", str(ROOT / "launchers/torchrun.sh"), "configs/gpt/demo.yaml",
+                      f"data.path={docs / 'bert'}"], 120, cwd=ROOT, env=env)
     assert proc.returncode != 0 and "family=gpt needs data preprocessed with --format lm" in proc.stderr

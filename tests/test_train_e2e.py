@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from launch import run_group
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,8 +34,7 @@ def shards(tmp_path_factory):
 
 def _launch(*args, timeout=300):
     env = {**os.environ, "PYTHON": sys.executable}
-    return subprocess.run(["bash", str(ROOT / "launchers/torchrun.sh"), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return run_group(["bash", str(ROOT / "launchers/torchrun.sh"), *args], timeout, cwd=ROOT, env=env)
 
 
 def _scalars(run_dir: Path) -> dict[str, list[float]]:
