@@ -26,7 +26,7 @@ def _train(argv: list[str]) -> int:
             print(f"error: {err}", file=sys.stderr)
         return 2
     from dist_pretrain.runtime import shutdown
-    from dist_pretrain.train import StopTraining, TrainingAborted
+    from dist_pretrain.faults import StopTraining, TrainingAborted
 
     try:
         trainer.fit()

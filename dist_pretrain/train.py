@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from megatron.core.utils import get_model_config
 
 from dist_pretrain.config import Config, ConfigError, deepspeed_config, padded_vocab_size, validate
 from dist_pretrain.families import get_family
+from dist_pretrain.faults import StopSignals, StopTraining, TrainingAborted, fault_nan_steps, poisoned
 from dist_pretrain.families.gpt import fan_out
 from dist_pretrain.models.init import init_layout_independent
 from dist_pretrain.models.megatron_config import transformer_config
@@ -148,71 +147,6 @@ def _global_metrics(outputs: list[dict], keys: list[str], rt: Runtime) -> dict[s
     return {key: float(t[0] / t[1]) if t[1] > 0 else float("nan") for key, t in zip(keys, totals)}
 
 
-class TrainingAborted(RuntimeError):
-    """Training cannot go on (e.g. repeated non-finite losses); checkpoints are left as they were."""
-
-
-def _fault_nan_steps() -> set[int]:
-    """Fault injection for tests and drills: DIST_PRETRAIN_FAULT_NAN_STEPS=3,4 makes the loss
-    of those steps NaN on every rank (as a diverging run would)."""
-    raw = os.environ.get("DIST_PRETRAIN_FAULT_NAN_STEPS", "")
-    return {int(s) for s in raw.split(",") if s.strip()}
-
-
-def _poisoned(forward_step):
-    def step(data_iterator, model):
-        output, loss_func = forward_step(data_iterator, model)
-
-        def nan_loss(out):
-            loss, tokens, logged = loss_func(out)
-            nan = torch.tensor([float("nan"), 1.0])  # poison the sums, keep the counts
-            return loss * float("nan"), tokens, {k: v * nan for k, v in logged.items()}
-
-        return output, nan_loss
-
-    return step
-
-
-class StopTraining(SystemExit):
-    """Leave training after a stop signal or time limit, with the exit status for requeueing."""
-
-    def __init__(self, code: int, reason: str):
-        super().__init__(code)
-        self.reason = reason
-
-
-class StopSignals:
-    """Records stop signals (Slurm sends SIGTERM/SIGUSR1 before it kills a job) and the time
-    limit; ``agreed()`` is a collective: every rank learns whether any rank must stop."""
-
-    def __init__(self, names: list[str], exit_after_minutes: float | None):
-        self.received: str | None = None
-        self.deadline = time.monotonic() + 60 * exit_after_minutes if exit_after_minutes else None
-        self.reason = ""
-        self._previous = {}
-        for name in names:
-            sig = getattr(signal, name)
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.received = signal.Signals(signum).name
-
-    def agreed(self) -> bool:
-        local = 1.0 if self.received else 0.0
-        timeout = 1.0 if self.deadline is not None and time.monotonic() > self.deadline else 0.0
-        flags = torch.tensor([local, timeout])
-        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-        if flags[0]:
-            self.reason = f"stop signal ({self.received or 'on another rank'})"
-        elif flags[1]:
-            self.reason = "checkpoint.exit_after_minutes reached"
-        return bool(flags.any())
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 class Trainer:
     def __init__(self, cfg: Config):
         vocab = resolve_vocab_size(cfg)
@@ -279,7 +213,7 @@ class Trainer:
 
     def _run_schedule(self, data, forward_only: bool, poison: bool = False) -> list[dict]:
         iterators = fan_out(data, self.num_chunks)
-        step_func = _poisoned(self.family.forward_step) if poison else self.family.forward_step
+        step_func = poisoned(self.family.forward_step) if poison else self.family.forward_step
         return self.forward_backward(
             forward_step_func=step_func,
             data_iterator=iterators if self.num_chunks > 1 else iterators[0],
@@ -294,7 +228,7 @@ class Trainer:
         lr = learning_rate(step, self.cfg)
         self.engine.train()
         t0 = time.perf_counter()
-        outputs = self._run_schedule(self.train_data, forward_only=False, poison=step in _fault_nan_steps())
+        outputs = self._run_schedule(self.train_data, forward_only=False, poison=step in fault_nan_steps())
         grad_norm, applied = self.engine.step(lr)
         metrics = _global_metrics(outputs, self.metric_keys, self.rt)
         step_s = time.perf_counter() - t0
@@ -337,7 +271,7 @@ class Trainer:
         return state() if state else {}
 
     @torch.no_grad()
-    def evaluate(self, stop: "StopSignals | None" = None) -> dict[str, float]:
+    def evaluate(self, stop: StopSignals | None = None) -> dict[str, float]:
         self.engine.train(False)
         batches = self._batches("valid")
         data = to_device(batches, self.rt.device)
