@@ -347,13 +347,6 @@ class Trainer:
             with open(Path(self.cfg.run_dir) / "history.jsonl", "a") as f:
                 f.write(json.dumps(values) + "\n")
 
-    def parameters_by_name(self) -> dict[str, torch.Tensor]:
-        """Local parameter shards by name (tests compare them across ranks)."""
-        out = {}
-        for i, chunk in enumerate(self.engine.model_chunks):
-            for name, p in chunk.module.named_parameters():
-                out[f"{i}.{name}"] = p.detach().clone()
-        return out
 
 
 def train(cfg: Config) -> list[dict[str, Any]]:

@@ -7,7 +7,6 @@ import sys
 import textwrap
 from types import SimpleNamespace
 
-import pytest
 import torch
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.transformer_config import TransformerConfig

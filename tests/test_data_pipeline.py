@@ -7,9 +7,7 @@ import os
 import re
 import time
 
-import numpy as np
 import pytest
-import torch
 
 from dist_pretrain.data import demo_corpus, preprocess
 from dist_pretrain.data.loader import build_lm_loader, read_manifest

@@ -630,7 +630,7 @@ def _summary(manifest: dict, stats: dict) -> str:
         rows.append(f"{name:<6} {r['docs']:>9,} {r['samples']:>10,} {r['tokens']:>13,} "
                     f"{r['text_bytes'] / 1e6:>9.1f} {p['text_bytes'] / 1e6 / secs:>7.1f} "
                     f"{p['tokens'] / secs:>11,.0f}")
-    rows.append(f"(MB/s, tokens/s: files processed in this run; MB = input text)")
+    rows.append("(MB/s, tokens/s: files processed in this run; MB = input text)")
     rows.append(f"ranks: {stats['ranks']}  threads/rank: {stats['threads_per_rank']}  files: "
                 f"{stats['files']} ({stats['files_done']} done, {stats['files_skipped']} skipped)  "
                 f"seconds: {stats['seconds']:.2f} (+{stats['setup_seconds']:.2f} setup)")

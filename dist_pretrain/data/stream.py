@@ -30,7 +30,6 @@ Design, and why:
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import io
 import os

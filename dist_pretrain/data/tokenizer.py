@@ -28,7 +28,7 @@ import importlib.util
 import json
 import os
 from importlib import resources
-from typing import Callable, Protocol, Union
+from typing import Callable, Union
 
 from tokenizers import BertWordPieceTokenizer, ByteLevelBPETokenizer, Tokenizer
 
