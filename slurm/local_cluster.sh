@@ -33,17 +33,16 @@ have_slurm() {
 
 cmd_install() {
   # libpmix-dev: Slurm's mpi/pmix plugin dlopens libpmix (srun --mpi=pmix for Open MPI)
-  local missing=()
-  have_slurm && command -v munged >/dev/null && [ -e /usr/lib/x86_64-linux-gnu/libpmix.so ] ||
-    missing=("${PACKAGES[@]}")
-  if [ ${#missing[@]} -eq 0 ] && dpkg -s "${PACKAGES[@]}" >/dev/null 2>&1; then
+  if command -v dpkg >/dev/null && dpkg -s "${PACKAGES[@]}" >/dev/null 2>&1; then
     log "Slurm is installed: $(slurmctld -V)"
     return 0
   fi
-  [ "$(id -u)" -eq 0 ] || die "installing ${PACKAGES[*]} needs root (apt-get); run as root or install them yourself"
-  command -v apt-get >/dev/null || die "no apt-get: install ${PACKAGES[*]} (Slurm >= 22.05) with your package manager"
+  if ! command -v apt-get >/dev/null || [ "$(id -u)" -ne 0 ]; then
+    have_slurm && command -v munged >/dev/null && { log "using the installed $(slurmctld -V)"; return 0; }
+    die "installing ${PACKAGES[*]} needs root and apt-get; install Slurm >= 22.05 and munge yourself"
+  fi
   export DEBIAN_FRONTEND=noninteractive
-  # an empty package cache (fresh machines, containers) finds nothing: update first
+  # an empty or stale package cache (fresh machines, containers) finds nothing: update first
   if ! apt-cache show slurmd >/dev/null 2>&1; then apt-get update -qq; fi
   apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null ||
     { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null; }

@@ -34,7 +34,9 @@ def main(argv: list[str]) -> int:
     from dist_pretrain.cli import main as cli_main
     from dist_pretrain.config import load_config
 
-    print(rank_line(), flush=True)
+    # one write() of the whole line: ranks sharing a pipe (torchrun's workers) do not interleave
+    sys.stdout.write(rank_line() + "\n")
+    sys.stdout.flush()
     code = cli_main(["train", *argv])
     marker = os.environ.get("DIST_PRETRAIN_REQUEUE_FILE")
     if marker and code != 0 and argv:
