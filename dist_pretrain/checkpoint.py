@@ -7,7 +7,7 @@ its TP/PP sharding described by megatron's ``sharded_state_dict``, as fp32 maste
 sharded exactly like the parameter they belong to. The optimizer values come from the
 engine (``master_state``: DeepSpeed's ``safe_get_full_*`` APIs gather a parameter's ZeRO
 partitions across the data-parallel group; megatron's optimizer holds them whole), so a
-checkpoint does not depend on the DP size or ZeRO stage (0, 1, 2) and loads at any
+checkpoint does not depend on the DP size or ZeRO stage (0 to 3) and loads at any
 TP / PP / VPP / DP layout. ``meta.json`` holds the step, the data-stream
 position, RNG states, the config and the code version; ``manifest.json`` the sha256 of
 every file.
@@ -21,6 +21,7 @@ Loading verifies the checksums first and falls back to the newest good checkpoin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -66,14 +67,29 @@ def parameter_shards(chunks: list[torch.nn.Module]) -> list[tuple[torch.nn.Param
         model = _inner(chunk)
         for p in model.parameters():
             by_id[id(p)] = p
-        for st in model.sharded_state_dict(prefix="", metadata=metadata).values():
+        with _whole_parameters(model):
+            sharded = model.sharded_state_dict(prefix="", metadata=metadata).values()
+        for st in sharded:
             if not isinstance(st, ShardedTensor) or id(st.data) not in by_id:
                 continue
             p = by_id[id(st.data)]
+            # only the key, shape and offsets are used: drop the reference to the weights
+            st = dataclasses.replace(st, data=torch.empty(st.local_shape, dtype=st.dtype, device="meta"))
             if getattr(p, "shared", False) and isinstance(st.replica_id, tuple):
                 st = dataclasses.replace(st, replica_id=(1, *st.replica_id[1:]))
             out.append((p, st))
     return out
+
+
+def _whole_parameters(model: torch.nn.Module):
+    """ZeRO-3 keeps only a DP partition of each parameter (``p.shape`` is empty): gather the
+    TP-local weights while megatron describes their shapes and TP/PP placement."""
+    params = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    if not params:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
 
 def _slot(kind: str, st: ShardedTensor) -> str:
@@ -95,7 +111,7 @@ def training_state_dict(engine, chunks) -> dict[str, ShardedTensor]:
         for moment in MOMENTS:
             value = moments[moment]
             if value is None:  # no optimizer step yet
-                value = torch.zeros_like(p, dtype=torch.float32)
+                value = torch.zeros(st.local_shape, dtype=torch.float32)
             state[_slot(moment, st)] = _sharded(st, f"optimizer.{moment}", value.float().contiguous())
     return state
 
@@ -105,7 +121,7 @@ def load_training_state(engine, chunks, directory: Path, step: int) -> None:
     template = {}
     for p, st in shards:
         for kind, prefix in [("model", "model")] + [(m, f"optimizer.{m}") for m in MOMENTS]:
-            template[_slot(kind, st)] = _sharded(st, prefix, torch.empty(p.shape, dtype=torch.float32))
+            template[_slot(kind, st)] = _sharded(st, prefix, torch.empty(st.local_shape, dtype=torch.float32))
     loaded = dist_checkpointing.load(template, str(directory))
     with torch.no_grad():
         engine.load_master_state([(p, loaded[_slot("model", st)], {m: loaded[_slot(m, st)] for m in MOMENTS})

@@ -298,11 +298,6 @@ def validate(cfg: Config, world_size: int, vocab_size: Optional[int] = None) -> 
             f"padded vocab {padded_vocab_size(cfg, vocab_size)} is not divisible by parallel.tensor={tp}; "
             "raise model.make_vocab_size_divisible_by"
         )
-    explicit_resume = cfg.checkpoint.resume not in ("auto", "none")
-    if (cfg.checkpoint.interval or explicit_resume) and par.zero_stage == 3:
-        err(f"checkpoint.interval={cfg.checkpoint.interval} with parallel.zero_stage=3: checkpoints are "
-            "written at ZeRO stages 0, 1, 2 (and load at any of them, any TP/PP/DP); ZeRO-3's "
-            "partitioned parameters are not supported yet: use zero_stage 1 or 2, or checkpoint.interval=0")
     if cfg.family == "t5" and pp > 1 and (pp != 2 or (vpp or 1) > 1 or par.zero_stage == 0):
         err(f"family=t5 with parallel.pipeline={pp}, parallel.virtual_pipeline={vpp}, "
             f"parallel.zero_stage={par.zero_stage}: T5 pipelines as encoder stage + decoder stage, "

@@ -214,31 +214,53 @@ class ZeroEngine:
 
     # ------------------------------------------------------------------ checkpoint state
 
+    @property
+    def zero3(self) -> bool:
+        return self.engine.zero_optimization_stage() == 3
+
+    def _fp32_flats(self) -> list[torch.Tensor]:
+        """The flat fp32 partitions AdamW updates (its state is keyed by them)."""
+        opt = self.engine.optimizer
+        return opt.fp32_partitioned_groups_flat if self.zero3 else opt.single_partition_of_fp32_groups
+
     def master_state(self, p: torch.nn.Parameter) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
-        """fp32 master value and AdamW moments of ``p`` (ZeRO partitions gathered over DP)."""
+        """fp32 master value and AdamW moments of ``p`` (ZeRO partitions gathered over DP;
+        moments are None before the first step)."""
         from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
-        if self.engine.optimizer.optimizer.state and not self._state_linked:
-            self._relink_optimizer_state()
-        moments = {m: safe_get_full_optimizer_state(p, m) for m in ("exp_avg", "exp_avg_sq")}
-        return safe_get_full_fp32_param(p), moments
+        adam = self.engine.optimizer.optimizer
+        if self.zero3:  # AdamW state is lazy: a flat group without state has no moments yet
+            group = self.engine.optimizer.grad_position[self.engine.optimizer.get_param_id(p)][0]
+            has_state = bool(adam.state.get(self.engine.optimizer.fp32_partitioned_groups_flat[group]))
+        else:
+            if adam.state and not self._state_linked:
+                self._relink_optimizer_state()
+            has_state = True
+        moments = {m: safe_get_full_optimizer_state(p, m) if has_state else None for m in ("exp_avg", "exp_avg_sq")}
+        return safe_get_full_fp32_param(p).view(p.ds_shape if self.zero3 else p.shape), \
+            {m: (v.view(p.ds_shape if self.zero3 else p.shape) if v is not None else None) for m, v in moments.items()}
 
     def load_master_state(self, values: list[tuple[torch.nn.Parameter, torch.Tensor, dict]], step: int) -> None:
         """Set master values and AdamW moments (and the model copy) of the given parameters."""
         from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
 
         adam = self.engine.optimizer.optimizer  # the torch AdamW inside DeepSpeed's ZeRO optimizer
-        for flat in self.engine.optimizer.single_partition_of_fp32_groups:  # AdamW state is lazy
+        for flat in self._fp32_flats():  # AdamW state is lazy
             state = adam.state[flat]
             state["step"] = torch.tensor(float(step))
             for moment in ("exp_avg", "exp_avg_sq"):
                 state.setdefault(moment, torch.zeros_like(flat))
-        self._relink_optimizer_state()
+        if not self.zero3:
+            self._relink_optimizer_state()
         for p, master, moments in values:
-            p.data.copy_(master.to(p.dtype))
+            if not self.zero3:  # ZeRO-3's model copy is refreshed from the fp32 partitions below
+                p.data.copy_(master.to(p.dtype))
             safe_set_full_fp32_param(p, master)
             for name, value in moments.items():
                 safe_set_full_optimizer_state(p, value, name)
+        if self.zero3:  # the partitioned model weights (bf16 or fp32) from the fp32 masters
+            for group in range(len(self._fp32_flats())):
+                self.engine.optimizer._reassign_or_swap_out_partitioned_parameters(group)
 
     _state_linked = False
 

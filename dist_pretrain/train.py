@@ -201,9 +201,6 @@ class Trainer:
                 print(f"warning: {warning}", flush=True)
         if path is None:
             return 0, 0
-        if self.cfg.parallel.zero_stage == 3:
-            raise checkpoint.CheckpointError(
-                f"{path} can be resumed with parallel.zero_stage 0, 1 or 2 (got 3)")
         meta = checkpoint.load(self, path)
         if self.rt.is_logging_rank:
             was = meta["layout"]

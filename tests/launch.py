@@ -1,9 +1,28 @@
-"""Run a command in its own session and kill the whole group afterwards, so a timed-out
-torchrun never leaves its ranks running (they would slow every later test)."""
+"""Start a launcher in its own session and kill its whole process tree afterwards.
 
-import os
+torchrun starts every worker in a session of its own, so signalling the launcher's process
+group reaches only torchrun: a test that "kills the job" that way leaves the ranks running
+(they finish training on their own and slow every later test). ``kill_tree`` signals the
+launcher and every descendant, collected before any of them dies and is re-parented.
+"""
+
 import signal
 import subprocess
+
+import psutil
+
+
+def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in procs:
+        try:
+            proc.send_signal(sig)
+        except psutil.NoSuchProcess:
+            pass
 
 
 def run_group(cmd, timeout, **kwargs) -> subprocess.CompletedProcess:
@@ -12,8 +31,5 @@ def run_group(cmd, timeout, **kwargs) -> subprocess.CompletedProcess:
     try:
         out, err = proc.communicate(timeout=timeout)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_tree(proc.pid)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

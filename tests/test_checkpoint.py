@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from dist_pretrain.checkpoint import consolidate, find_resumable, verify
+from launch import kill_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = str(ROOT / "configs/gpt/tiny.yaml")
@@ -36,15 +37,15 @@ def launch(nproc, run_dir, *overrides, stop_at=None, sig=signal.SIGKILL, timeout
             while proc.poll() is None and time.monotonic() < deadline:
                 if stop_at in history(run_dir):
                     time.sleep(delay)
-                    os.killpg(proc.pid, sig)
+                    if sig == signal.SIGKILL:  # the node dies: every process of the job at once
+                        kill_tree(proc.pid, sig)
+                    else:  # the scheduler signals the launcher, which forwards it to its ranks
+                        os.killpg(proc.pid, sig)
                     break
                 time.sleep(0.05)
         out, _ = proc.communicate(timeout=max(1, deadline - time.monotonic()))
     finally:  # never leave ranks behind (a killed launcher orphans its workers)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_tree(proc.pid)
     return proc.returncode, out
 
 
@@ -77,7 +78,7 @@ def test_kill9_at_random_steps_resumes_bit_exact(reference, tmp_path):
     kills = sorted(random.Random(7).sample(range(2, 8), 3))
     for k in kills:
         rc, out = launch(2, run, *BASE, *LAYOUT, stop_at=k, sig=signal.SIGKILL)
-        assert rc != 0  # killed
+        assert rc != 0 and max(history(run)) < 8  # killed before the end
     rc, out = launch(2, run, *BASE, *LAYOUT)
     assert rc == 0, out[-3000:]
     assert "resumed from" in out
@@ -201,3 +202,27 @@ def test_prune_keeps_the_newest_and_every_kth(tmp_path):
     prune(tmp_path, keep=2, keep_every=5)
     assert sorted(p.name for p in tmp_path.glob("step-*")) == [
         "step-00000005", "step-00000010", "step-00000011", "step-00000012"]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_zero3_checkpoint_resumes_exactly_and_continues_under_zero1(tmp_path, precision):
+    """ZeRO-3 keeps a DP partition of every weight: the checkpoint holds whole tensors all the same."""
+    common = [*BASE, "train.steps=6", "parallel.zero_stage=3", f"train.precision={precision}"]
+    ref = tmp_path / "ref"
+    assert launch(2, ref, *common)[0] == 0
+    run = tmp_path / "killed"
+    rc, _ = launch(2, run, *common, stop_at=3, sig=signal.SIGKILL)
+    assert rc != 0 and max(history(run)) < 6
+    rc, out = launch(2, run, *common)
+    assert rc == 0 and "ZeRO-3)" in out and "resumed from" in out, out[-3000:]
+    assert losses(run) == losses(ref)
+    other = tmp_path / "zero1"
+    shutil.copytree(run, other)
+    for old in sorted((other / "checkpoints").glob("step-*"))[-2:]:  # back to step 4
+        shutil.rmtree(old)
+    (other / "checkpoints/latest").write_text("step-00000004\n")
+    rc, out = launch(2, other, *common, "parallel.zero_stage=1")
+    assert rc == 0 and "resumed from" in out, out[-3000:]
+    got, want = losses(other)[4:], losses(ref)[4:]
+    tol = 1e-5 if precision == "fp32" else 1e-2  # bf16: ZeRO-1 and -3 round gradients differently
+    assert len(got) == 2 and all(abs(g - w) <= tol * abs(w) for g, w in zip(got, want)), (got, want)

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from dist_pretrain.checkpoint import find_resumable, verify
+from launch import kill_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = str(ROOT / "configs/gpt/tiny.yaml")
@@ -25,10 +26,7 @@ def launch(nproc, run_dir, *overrides, env=None, timeout=180):
     try:
         out, err = proc.communicate(timeout=timeout)
     finally:  # never leave ranks behind
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_tree(proc.pid)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
@@ -70,6 +68,7 @@ def test_a_rank_that_stops_participating_makes_the_others_time_out(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
+    workers = []
     try:
         while not (run / "history.jsonl").exists() or len(_rows(run)) < 3:
             time.sleep(0.1)
@@ -79,9 +78,10 @@ def test_a_rank_that_stops_participating_makes_the_others_time_out(tmp_path):
         t0 = time.monotonic()
         out, err = proc.communicate(timeout=120)
         waited = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    finally:  # the stopped rank too (re-parented once torchrun exits)
+        kill_tree(proc.pid)
+        for pid in workers:
+            kill_tree(int(pid))
     assert proc.returncode != 0
     assert "stopped participating" in err and "parallel.timeout_minutes=0.25" in err, err[-3000:]
     assert waited < 90, waited
