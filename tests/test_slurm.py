@@ -212,6 +212,23 @@ def test_preempted_job_requeues_and_resumes_to_the_same_loss(cluster, reference,
     assert all(abs(g - r) <= 1e-6 * abs(r) for g, r in zip(got_loss, ref_loss)), (got_loss, ref_loss)
 
 
+def test_scancel_ends_the_job_without_requeue(cluster, tmp_path):
+    """A user's scancel also makes the trainer save and exit 99, but the job must stay cancelled."""
+    job = cluster.submit(tmp_path, "--nodes=2", "--job-name=cancel", str(ROOT / "slurm/pretrain.sbatch"), CFG,
+                         "train.steps=5000", "parallel.tensor=2", "train.threads=1", "monitor.peak_tflops=1",
+                         "train.log_interval=100", env={"NPROC_PER_NODE": "1"})
+    log, run_dir = tmp_path / f"logs/cancel_{job}.out", tmp_path / "runs/cancel"
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while not _history(run_dir):
+        assert time.monotonic() < deadline and cluster.job(job)["JobState"] in ("PENDING", "RUNNING"), _tail(log)
+        time.sleep(0.2)
+    cluster.run("scancel", job)
+    info = cluster.wait(job, log)
+    text = log.read_text()
+    assert info["JobState"] == "CANCELLED" and info["Restarts"] == "0", (info, _tail(log))
+    assert "not requeueing" in text and "run 2 on" not in text, _tail(log)
+
+
 def test_direct_srun_mode_ranks_from_slurm(cluster, reference, tmp_path):
     """LAUNCH=srun: Slurm starts the 2 ranks (one per node), no torchrun."""
     job = cluster.submit(tmp_path, "--nodes=2", "--ntasks-per-node=1", "--job-name=direct",
