@@ -202,8 +202,7 @@ stop_pid() {
   pid=$(cat "$file" 2>/dev/null || true)
   if pid_alive "$pid" && grep -q "$prog" "/proc/$pid/comm" 2>/dev/null; then
     kill -TERM "$pid" 2>/dev/null || true
-    local i
-    for i in $(seq 1 50); do pid_alive "$pid" || break; sleep 0.1; done
+    for _ in $(seq 1 50); do pid_alive "$pid" || break; sleep 0.1; done
     pid_alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
   fi
   rm -f "$file"
