@@ -1,0 +1,190 @@
+"""Every CPU benchmark in one command: a Markdown report and a PNG chart in benchmarks/results/.
+
+    .venv/bin/python -m benchmarks.run_all [--smoke] [--out DIR] [--only peers activations parallel]
+
+1. throughput of a training step against HF transformers and nanoGPT, fp32 and bf16
+   (``peers``), with the phases and op categories of each step;
+2. MFU against this machine's measured fp32 / bf16 GEMM peak (``mfu``);
+3. activation memory per micro-batch, with and without recomputation (``activations``);
+4. in two torchrun jobs (``worker``): scaling over the 2 cores (``scaling``), model-state
+   memory of ZeRO 0-3 against the ZeRO paper (``memory``), the BERT/T5/GPT demo configs
+   (``families``).
+
+``--smoke`` runs all of it at a tiny size (< 60 s); the HF row and the chart are skipped,
+saying why, when transformers / matplotlib are not installed (``pip install -e '.[bench]'``).
+The full run takes ~10 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from benchmarks import activations, families, memory, mfu, peers, scaling
+from benchmarks.common import FULL, ROOT, SMOKE, launch_worker, machine
+
+
+def settings(smoke: bool) -> dict:
+    if smoke:
+        return {"size": SMOKE, "memory_size": SMOKE, "steps": 2, "warmup": 1, "gemm_n": 256,
+                "train_steps": 2, "train_warmup": 1}
+    return {"size": FULL, "memory_size": memory.MEMORY_SIZE, "steps": 10, "warmup": 2, "gemm_n": 4096,
+            "train_steps": 6, "train_warmup": 2}
+
+
+def run(smoke: bool, only: set[str]) -> dict:
+    cfg = settings(smoke)
+    out: dict = {"machine_before": machine(), "smoke": smoke, "settings": {k: str(v) for k, v in cfg.items()}}
+    precisions = ["fp32", "bf16"]
+    t0 = time.perf_counter()
+    if "peers" in only:
+        out["peers"] = peers.run(cfg["size"], precisions, cfg["steps"], cfg["warmup"], cfg["gemm_n"],
+                                 peers.hf_available())
+        out["mfu"] = mfu.mfu_rows(out["peers"], cfg["size"], precisions)
+        print(f"peers and MFU done in {time.perf_counter() - t0:.0f} s", flush=True)
+    if "activations" in only:
+        out["activations"] = activations.run(cfg["size"], ["bf16", "fp32"])
+        print(f"activations done in {time.perf_counter() - t0:.0f} s", flush=True)
+    if "parallel" in only:
+        one, two = scaling.cases(cfg["size"], cfg["train_steps"], cfg["train_warmup"])
+        family_cases = families.cases(smoke, cfg["train_steps"], cfg["train_warmup"])
+        memory_cases = memory.cases(cfg["memory_size"])
+        out["scaling"] = launch_worker(1, one, threads=2)
+        both = launch_worker(2, two + family_cases + memory_cases, threads=1)
+        out["scaling"].update({c["name"]: both[c["name"]] for c in two})
+        out["families"] = {c["name"]: both[c["name"]] for c in family_cases}
+        out["memory"] = memory.rows(both, memory_cases)
+        print(f"torchrun jobs done in {time.perf_counter() - t0:.0f} s", flush=True)
+    out["seconds"] = time.perf_counter() - t0
+    out["machine_after"] = machine()
+    return out
+
+
+def report(res: dict, command: str) -> str:
+    m, after = res["machine_before"], res["machine_after"]
+    cfg = settings(res["smoke"])
+    size = cfg["size"]
+    shared = max(m["load_1min"], after["load_1min"]) > 0.5 * m["cores"] + 0.5
+    lines = [
+        f"# CPU benchmarks, {datetime.date.today().isoformat()}{' (smoke size)' if res['smoke'] else ''}",
+        "",
+        f"- machine: {m['cpu']}, {m['cores']} cores (bf16 instructions: {m['bf16_isa']}); "
+        f"torch {m['torch']}, Python {m['python']}",
+        f"- load average (1 min) before / after: {m['load_1min']:.2f} / {after['load_1min']:.2f}"
+        + (" — the machine was shared with other jobs during this run; expect noise in the timings"
+           if shared else ""),
+        f"- command: `{command}` ({res['seconds'] / 60:.1f} min)",
+        f"- GPT: {size.layers} layers, hidden {size.hidden}, {size.heads} heads, seq {size.seq}, "
+        f"vocab {size.vocab}, micro-batch {size.micro_batch} ({size.tokens_per_micro_batch} tokens/step), "
+        "tied embeddings, no dropout, AdamW + clip 1.0",
+        "",
+    ]
+    if "peers" in res:
+        p = res["peers"]
+        precs = [k for k in ("fp32", "bf16") if k in p]
+        lines += ["## Throughput against the alternatives (single process, all cores)", "",
+                  "ours = `Trainer.train_step` (megatron-core GPTModel, DeepSpeed ZeRO-1 engine; bf16 = "
+                  "DeepSpeed bf16: bf16 weights and grads, fp32 master weights and moments). "
+                  "HF = `GPT2LMHeadModel` from a config, SDPA; nanoGPT = plain PyTorch with SDPA; both with "
+                  "fp32 weights, `torch.autocast(bf16)` for bf16 and `AdamW(fused=True)`. "
+                  f"Median of {cfg['steps']} rounds after {cfg['warmup']} warm-up rounds, systems alternating.", "",
+                  peers.table(p, precs), "",
+                  "Where the time goes (phases: median seconds of the measured steps; categories: self CPU time "
+                  "of one profiled step):", "", peers.phase_table(p, precs), ""]
+        lines += ["## MFU against this machine's measured peak", "", mfu.table(res["mfu"], size, cfg["gemm_n"]), ""]
+    if "activations" in res:
+        lines += ["## Activation memory per micro-batch", "", activations.__doc__.split("\n\n", 2)[2].strip(), "",
+                  activations.table(res["activations"], size), ""]
+    if "scaling" in res:
+        lines += ["## Scaling on the cores of one host (bf16, ZeRO-1, global batch "
+                  f"{min(scaling.GLOBAL_BATCH, 4 * size.micro_batch)})", "", scaling.table(res["scaling"]), ""]
+        lines += ["## Model-state memory per rank against the ZeRO paper (DP=2)", "",
+                  memory.__doc__.split("\n\n", 1)[1].strip(), "", memory.table(res["memory"]), "",
+                  "Where the measured bytes are (bytes per parameter):", "", memory.where(res["memory"]), ""]
+        bf16_peak = res.get("peers", {}).get("gemm", {}).get("bf16", {}).get("tflops")
+        lines += ["## Model families (demo configs, 2 processes x 1 thread)", ""]
+        if bf16_peak:
+            lines += [families.table(res["families"], bf16_peak), ""]
+        else:
+            lines += ["(run with peers for the GEMM peak that MFU needs)", ""]
+    return "\n".join(lines)
+
+
+def chart(res: dict, path: Path) -> str | None:
+    """A PNG bar chart of the ratios; returns why not when matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install -e '.[bench]'): no chart"
+    panels = []
+    if "peers" in res:
+        p = res["peers"]
+        bars = {f"{prec} {'fused' if mine == peers.PROPOSED else 'ours'}\n/ {name}":
+                p[prec][mine]["tokens_per_s"] / r["tokens_per_s"]
+                for prec in ("fp32", "bf16") if prec in p for mine in ("ours", peers.PROPOSED) if mine in p[prec]
+                for name, r in p[prec].items() if not name.startswith("ours")}
+        panels.append(("ours (and ours + fused AdamW) tokens/s / peer tokens/s", bars, 1.0))
+        panels.append(("MFU (Megatron formula) vs measured GEMM peak",
+                       {f"{r['precision']}\n{r['system']}": r["mfu"] for r in res["mfu"]}, None))
+    if "scaling" in res:
+        base = res["scaling"]["1 process x 2 threads"]["tokens_per_s"]
+        panels.append(("tokens/s vs 1 process x 2 threads",
+                       {k.replace(" (ZeRO-1)", ""): v["tokens_per_s"] / base for k, v in res["scaling"].items()}, 1.0))
+        panels.append(("model-state bytes: measured / ZeRO paper",
+                       {r["name"].replace(" ZeRO-", "\nZ").replace(", params released", "*"): r["ratio"]
+                        for r in res["memory"]}, 1.0))
+    if not panels:
+        return "nothing to chart"
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3.2 * len(panels)))
+    for ax, (title, bars, ref) in zip(axes if len(panels) > 1 else [axes], panels):
+        ax.bar(range(len(bars)), list(bars.values()), color="tab:blue")
+        ax.set_xticks(range(len(bars)), list(bars.keys()), fontsize=7)
+        ax.set_title(title, fontsize=10)
+        if ref is not None:
+            ax.axhline(ref, color="tab:red", lw=1)
+        for i, v in enumerate(bars.values()):
+            ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
+    fig.suptitle(f"{res['machine_before']['cpu']}, {res['machine_before']['cores']} cores, "
+                 f"torch {res['machine_before']['torch']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, < 60 s: proves everything runs")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--only", nargs="+", choices=["peers", "activations", "parallel"],
+                        default=["peers", "activations", "parallel"])
+    args = parser.parse_args(argv)
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    command = "python -m benchmarks.run_all" + (" --smoke" if args.smoke else "") + \
+        (f" --only {' '.join(args.only)}" if len(args.only) < 3 else "")
+    res = run(args.smoke, set(args.only))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{datetime.date.today().isoformat()}-cpu{'-smoke' if args.smoke else ''}"
+    text = report(res, command)
+    why_not = chart(res, out / f"{stem}.png")
+    if why_not:
+        print(why_not)
+    else:
+        text += f"\n![ratios]({stem}.png)\n"
+    (out / f"{stem}.md").write_text(text)
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=1, default=str))
+    print(text)
+    print(f"\nwrote {out / stem}.md ({res['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Benchmark formulas against hand counts on a tiny config, the GPU plan without a GPU, and
+one ``--smoke`` run of every CPU benchmark (tiny sizes: it proves they still execute)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.common import GPTSize
+from benchmarks.mfu import gpt_params, megatron_flops_per_token, six_n_flops_per_token
+from benchmarks.peers import NanoGPT
+from dist_pretrain.memory import (
+    flash_no_dropout_layer_bytes,
+    held_model_state,
+    korthikanti_layer_bytes,
+    zero_model_state_bytes,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = GPTSize(layers=2, hidden=8, heads=2, seq=4, vocab=10, micro_batch=2)
+
+
+def test_gpt_params_hand_count():
+    h, ffn, s, v = 8, 32, 4, 10
+    qkv = 8 * 24 + 24                 # weight [3h, h] + bias
+    proj = 8 * 8 + 8
+    fc1 = 8 * 32 + 32
+    fc2 = 32 * 8 + 8
+    norms = 2 * (8 + 8)               # two LayerNorms, weight + bias
+    per_layer = qkv + proj + fc1 + fc2 + norms
+    assert per_layer == 216 + 72 + 288 + 264 + 32 == 872
+    total = 2 * per_layer + v * h + s * h + 2 * h   # tied embedding, positions, final norm
+    assert total == 1744 + 80 + 32 + 16 == 1872
+    assert gpt_params(2, h, ffn, v, s) == total
+    # the nanoGPT peer has exactly this layout
+    assert sum(p.numel() for p in NanoGPT(TINY).parameters()) == total
+
+
+def test_six_n_and_megatron_flops_hand_count():
+    n = 1872 - 4 * 8                  # without the position embedding
+    attention = 12 * 2 * 8 * 4        # 12 l h s
+    assert six_n_flops_per_token(TINY) == 6 * n + attention == 11040 + 768
+    # Megatron: 3 x [2 x (QKV 384 + scores 64 + values 64 + proj 128 + MLP 1024) + logits 160]
+    assert megatron_flops_per_token(TINY) == 3 * (2 * (384 + 64 + 64 + 128 + 512 + 512) + 160) == 10464
+
+
+def test_hf_gpt2_has_the_same_parameters():
+    pytest.importorskip("transformers", reason="the bench extra (transformers) is not installed")
+    from benchmarks.peers import hf_gpt2
+
+    assert sum(p.numel() for p in hf_gpt2(TINY).parameters()) == gpt_params(2, 8, 32, 10, 4)
+
+
+@pytest.mark.parametrize("precision, stage, expected", [
+    # Ψ = 1000, N = 4; mixed precision 2 + 2 + 12 bytes, fp32 4 + 4 + 8 (no master copy)
+    ("bf16", 0, (2000, 2000, 12000)),
+    ("bf16", 1, (2000, 2000, 3000)),
+    ("bf16", 2, (2000, 500, 3000)),
+    ("bf16", 3, (500, 500, 3000)),
+    ("fp32", 0, (4000, 4000, 8000)),
+    ("fp32", 1, (4000, 4000, 2000)),
+    ("fp32", 2, (4000, 1000, 2000)),
+    ("fp32", 3, (1000, 1000, 2000)),
+])
+def test_zero_formulas(precision, stage, expected):
+    got = zero_model_state_bytes(1000, 4, stage, precision)
+    assert (got["params"], got["grads"], got["optimizer"]) == expected
+
+
+def test_activation_formulas_hand_count():
+    s, b, h, a = 4, 2, 8, 2           # sbh = 64, a s^2 b = 64
+    assert korthikanti_layer_bytes(s, b, h, a) == 34 * 64 + 5 * 64 == 2496
+    # 16 sbh values of 2 bytes + fp32 log-sum-exp per (b, head, query)
+    assert flash_no_dropout_layer_bytes(s, b, h, a, 2) == 16 * 64 * 2 + 4 * 2 * 4 * 2 == 2112
+
+
+def test_held_model_state_counts_storages_once():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))   # Ψ = 40 + 18 = 58
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    params = list(model.parameters())
+    held = held_model_state(params, [opt])
+    psi = 58
+    assert held["params"] == 4 * psi and held["grads"] == 4 * psi
+    # exp_avg + exp_avg_sq per parameter, plus a 4-byte step counter per tensor
+    assert held["optimizer"] == 8 * psi + 4 * len(params)
+    assert held["buffers"] == 0 and held["live_unreached"] is None
+
+
+def test_gpu_plan_dry_run(capsys):
+    from benchmarks import gpu
+
+    assert gpu.main(["--dry-run", "--compile", "off"]) == 0
+    out = capsys.readouterr().out
+    assert '"params": 1315819520' in out          # ~1.3B: 24 x 2048 with the GPT-2 vocab
+    args = gpu.argparse.Namespace(layers=24, hidden=2048, heads=16, seq=2048, micro_batch=64,
+                                  recompute="auto", compile="both", zero_stage=1, warmup=1, steps=1)
+    assert gpu.plan(args, gpu_gib=80.0)["recompute"] == "full"   # does not fit: recompute
+    args.micro_batch = 4
+    assert gpu.plan(args, gpu_gib=80.0)["recompute"] == "none"
+
+
+@pytest.mark.slow
+def test_run_all_smoke(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run_all", "--smoke", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    reports = list(tmp_path.glob("*-cpu-smoke.md"))
+    assert len(reports) == 1
+    text = reports[0].read_text()
+    for heading in ("Throughput against the alternatives", "MFU against", "Activation memory",
+                    "Scaling on the cores", "Model-state memory", "Model families"):
+        assert heading in text
+    assert "| fp32 ZeRO-0 | 4.00 / 4.00 | 4.00 / 4.00 | 8.00 / 8.00 |" in text
