@@ -29,6 +29,8 @@ import os
 import random
 import shutil
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -235,50 +237,158 @@ def _rng_state() -> dict:
 # --------------------------------------------------------------------------- save / load
 
 
-def save(trainer, step: int) -> Path:
-    """Write the checkpoint of ``step`` (all ranks call this); returns its directory."""
-    cfg = trainer.cfg.checkpoint
-    root = Path(trainer.cfg.run_dir) / "checkpoints"
-    rank0 = torch.distributed.get_rank() == 0
-    tmp, final = root / f"tmp-step-{step:08d}", root / f"step-{step:08d}"
-    ok = torch.zeros(1)
+class Checkpointer:
+    """Saves the trainer's checkpoints, synchronously or with the files written in the background.
+
+    Either way the state is gathered on every rank first (ZeRO partitions are collected
+    over DP), so the checkpoint is the state after step N. With ``checkpoint.async_save``:
+
+    1. megatron-core's ``AsyncCallsQueue`` forks a writer process per rank. The fork is a
+       copy-on-write snapshot, so training goes on changing the weights without touching
+       what is being written.
+    2. ``poll()`` at every step boundary (one all-reduce while a save is in flight) runs
+       megatron's finalization once every rank's writer is done (the global metadata).
+    3. Rank 0 then seals the directory in a thread (checksums, fsync, rename, ``latest``,
+       pruning: file work that releases the GIL), and a later ``poll()`` tells every rank
+       how that went.
+
+    ``latest`` moves only when all of it succeeded, so a run killed mid-write resumes from
+    the previous checkpoint. One save is in flight at a time; a failure raises
+    ``CheckpointError`` on every rank at a step boundary.
+    """
+
+    def __init__(self, trainer):
+        from megatron.core.dist_checkpointing.strategies.async_utils import (
+            AsyncCallsQueue,
+        )
+
+        self.trainer = trainer
+        self.cfg = trainer.cfg.checkpoint
+        self.root = Path(trainer.cfg.run_dir) / "checkpoints"
+        self.queue = AsyncCallsQueue() if self.cfg.async_save else None
+        self.writing: tuple[int, dict | None] | None = None  # (step, meta) while files are written
+        self.sealing: int | None = None  # step whose directory rank 0 is sealing
+        self._sealer: threading.Thread | None = None
+        self._seal_error: Exception | None = None
+
+    @property
+    def in_flight(self) -> bool:
+        return self.writing is not None or self.sealing is not None
+
+    def save(self, step: int, block: bool = False) -> float:
+        """Checkpoint ``step`` (all ranks call this); returns the seconds training stalled."""
+        t0 = time.perf_counter()
+        self.poll(block=True)
+        tmp = self.root / f"tmp-step-{step:08d}"
+        background = self.queue is not None and not block
+
+        def write():
+            if torch.distributed.get_rank() == 0:
+                self.root.mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir()
+            torch.distributed.barrier()
+            state = training_state_dict(self.trainer.engine, self.trainer.engine.model_chunks)
+            meta = _meta(self.trainer, step) if torch.distributed.get_rank() == 0 else None
+            if not background:
+                dist_checkpointing.save(state, str(tmp))
+                return meta
+            self.queue.schedule_async_request(dist_checkpointing.save(state, str(tmp), async_sharded_save=True))
+            self.writing = (step, meta)
+            return meta
+
+        meta = _guarded(step, tmp, write)
+        if not background:
+            _guarded(step, tmp, lambda: self._seal(step, meta) if torch.distributed.get_rank() == 0 else None)
+            torch.distributed.barrier()
+        return time.perf_counter() - t0
+
+    def poll(self, block: bool = False) -> float:
+        """Move a background save along (all ranks call this); returns the seconds it took."""
+        t0 = time.perf_counter()
+        if self.writing is not None:
+            step, meta = self.writing
+            try:
+                done = self.queue.maybe_finalize_async_calls(blocking=block)
+            except Exception as err:  # noqa: BLE001 - a failed write, raised on every rank by megatron
+                self.writing = None
+                _give_up(step, self.root / f"tmp-step-{step:08d}", err)
+            if done:
+                self.writing, self.sealing = None, step
+                if torch.distributed.get_rank() == 0:
+                    self._sealer = threading.Thread(target=self._seal_quietly, args=(step, meta), daemon=True)
+                    self._sealer.start()
+        if self.sealing is not None:
+            status = torch.zeros(2)  # rank 0: [sealed, failed]
+            if self._sealer is not None:
+                if block:
+                    self._sealer.join()
+                status[0] = float(not self._sealer.is_alive())
+                status[1] = float(self._seal_error is not None)
+            torch.distributed.broadcast(status, src=0)
+            if status[0]:
+                step, self.sealing, self._sealer = self.sealing, None, None
+                if status[1]:
+                    _give_up(step, self.root / f"tmp-step-{step:08d}", self._seal_error)
+        return time.perf_counter() - t0
+
+    def _seal_quietly(self, step: int, meta: dict) -> None:
+        self._seal_error = None
+        try:
+            self._seal(step, meta)
+        except Exception as err:  # noqa: BLE001 - reported by poll() on every rank
+            self._seal_error = err
+
+    def _seal(self, step: int, meta: dict) -> None:
+        """Rank 0 turns ``tmp-step-N`` into ``step-N``: meta, checksums, fsync, rename, ``latest``, prune."""
+        tmp, final = self.root / f"tmp-step-{step:08d}", self.root / f"step-{step:08d}"
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        files = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+                 for p in sorted(tmp.rglob("*")) if p.is_file()}
+        (tmp / "manifest.json").write_text(json.dumps({"step": step, "files": files}, indent=1))
+        _fsync_tree(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _write_atomic(self.root / "latest", final.name + "\n")
+        prune(self.root, self.cfg.keep, self.cfg.keep_every)
+        print(f"saved checkpoint {final}", flush=True)
+
+
+def _meta(trainer, step: int) -> dict:
+    """What a resumed run needs besides the tensors, as of the end of ``step``."""
+    rt = trainer.rt
+    return {"step": step, "data": trainer.data_state(), "config": trainer.cfg.model_dump(),
+            "code_version": _code_version(),
+            "layout": {"tp": rt.tp, "pp": rt.pp, "vpp": rt.vpp, "dp": rt.dp,
+                       "zero_stage": trainer.cfg.parallel.zero_stage},
+            "rng": _rng_state(), "skipped_steps": getattr(trainer, "skipped_steps", 0)}
+
+
+def _guarded(step: int, tmp: Path, fn):
+    """Run one collective phase of a save; if it fails on any rank, every rank raises
+    ``CheckpointError`` together (no rank left waiting) and the partial files go."""
+    ok = torch.ones(1)
+    result = error = None
     try:
-        if rank0:
-            root.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-        torch.distributed.barrier()
-        state = training_state_dict(trainer.engine, trainer.engine.model_chunks)
-        dist_checkpointing.save(state, str(tmp))
-        if rank0:
-            meta = {"step": step, "data": trainer.data_state(), "config": trainer.cfg.model_dump(),
-                    "code_version": _code_version(), "layout": {"tp": trainer.rt.tp, "pp": trainer.rt.pp,
-                                                                 "vpp": trainer.rt.vpp, "dp": trainer.rt.dp,
-                                                                 "zero_stage": trainer.cfg.parallel.zero_stage},
-                    "rng": _rng_state(), "skipped_steps": getattr(trainer, "skipped_steps", 0)}
-            (tmp / "meta.json").write_text(json.dumps(meta))
-            files = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-                     for p in sorted(tmp.rglob("*")) if p.is_file()}
-            (tmp / "manifest.json").write_text(json.dumps({"step": step, "files": files}, indent=1))
-            _fsync_tree(tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _write_atomic(root / "latest", final.name + "\n")
-        ok += 1
-    except Exception as err:  # noqa: BLE001 - report, keep the previous checkpoint, go on
-        if rank0:
-            print(f"error: saving checkpoint step {step} failed ({type(err).__name__}: {err}); "
-                  f"the previous checkpoints and 'latest' are untouched", flush=True)
-            shutil.rmtree(tmp, ignore_errors=True)
+        result = fn()
+    except Exception as err:  # noqa: BLE001 - reported below, on every rank
+        ok.zero_()
+        error = err
     torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
     if not ok.item():
-        raise CheckpointError(f"checkpoint of step {step} was not written; previous checkpoints kept")
-    if rank0:
-        prune(root, cfg.keep, cfg.keep_every)
-        print(f"saved checkpoint {final}", flush=True)
-    torch.distributed.barrier()
-    return final
+        _give_up(step, tmp, error)
+    return result
+
+
+def _give_up(step: int, tmp: Path, err: Exception | None) -> None:
+    if torch.distributed.get_rank() == 0:
+        why = f" ({type(err).__name__}: {err})" if err is not None else " (on another rank)"
+        print(f"error: saving checkpoint step {step} failed{why}; "
+              f"the previous checkpoints and 'latest' are untouched", flush=True)
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+    raise CheckpointError(f"checkpoint of step {step} was not written; previous checkpoints kept")
 
 
 def prune(root: Path, keep: int, keep_every: int) -> None:

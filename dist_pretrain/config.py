@@ -120,6 +120,8 @@ class CheckpointConfig(_Section):
     signals: list[Literal["SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT"]] = ["SIGTERM", "SIGUSR1"]
     exit_code: int = Field(99, ge=1, le=255, description="exit status after a signal / time-limit save")
     exit_after_minutes: Optional[float] = Field(None, gt=0)
+    async_save: bool = Field(False, description="write checkpoint files in a forked background process "
+                             "while training goes on (the final and signal-triggered saves still block)")
 
 
 class ObjectiveConfig(_Section):

@@ -20,14 +20,37 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
 from megatron.core.utils import get_model_config
 
-from dist_pretrain.config import Config, ConfigError, deepspeed_config, padded_vocab_size, validate
+from dist_pretrain.config import (
+    Config,
+    ConfigError,
+    deepspeed_config,
+    padded_vocab_size,
+    validate,
+)
 from dist_pretrain.families import get_family
-from dist_pretrain.faults import StopSignals, StopTraining, TrainingAborted, fault_nan_steps, poisoned
 from dist_pretrain.families.gpt import fan_out
+from dist_pretrain.faults import (
+    StopSignals,
+    StopTraining,
+    TrainingAborted,
+    fault_nan_steps,
+    poisoned,
+)
 from dist_pretrain.models.init import init_layout_independent
 from dist_pretrain.models.megatron_config import transformer_config
-from dist_pretrain.monitor import Monitor, TimedIterator, measure_gemm_tflops, memory_gb, throughput
-from dist_pretrain.runtime import Runtime, init_distributed, seed_everything, world_size_from_env
+from dist_pretrain.monitor import (
+    Monitor,
+    TimedIterator,
+    measure_gemm_tflops,
+    memory_gb,
+    throughput,
+)
+from dist_pretrain.runtime import (
+    Runtime,
+    init_distributed,
+    seed_everything,
+    world_size_from_env,
+)
 
 
 def learning_rate(step: int, cfg: Config) -> float:
@@ -303,6 +326,7 @@ class Trainer:
         cfg = self.cfg
         history = []
         stop = StopSignals(cfg.checkpoint.signals, cfg.checkpoint.exit_after_minutes)
+        saver = checkpoint.Checkpointer(self)
         if self.rt.is_logging_rank:
             print(f"training {cfg.family} | TP {self.rt.tp} PP {self.rt.pp} VPP {self.rt.vpp or 1} "
                   f"DP {self.rt.dp} | ZeRO-{cfg.parallel.zero_stage} | {cfg.train.precision} | "
@@ -322,11 +346,22 @@ class Trainer:
                 history.append({"step": step, **values})
                 self._append_history(history[-1])
                 stopping = stop.agreed()
+                stall = saver.poll()
+                if stall > 0.05:  # a background save finalized at this boundary
+                    self.monitor.scalars(step, {"checkpoint/finalize_stall_s": stall})
+                    if self.rt.is_logging_rank:
+                        print(f"background checkpoint finalized after step {step}: training stalled "
+                              f"{stall:.2f}s", flush=True)
                 interval = cfg.checkpoint.interval
-                periodic = interval and (step % interval == 0 or step == cfg.train.steps)
+                last = step == cfg.train.steps
+                periodic = interval and (step % interval == 0 or last)
                 # a step whose update was skipped (non-finite) may start a divergence: keep `latest`
                 if (periodic and not self.skipped_in_a_row) or stopping:
-                    checkpoint.save(self, step)
+                    stall = saver.save(step, block=last or stopping)
+                    self.monitor.scalars(step, {"checkpoint/stall_s": stall})
+                    if self.rt.is_logging_rank:
+                        print(f"checkpoint of step {step}: training stalled {stall:.2f}s"
+                              f"{' (files written in the background)' if saver.in_flight else ''}", flush=True)
                 if stopping:
                     raise StopTraining(cfg.checkpoint.exit_code, f"{stop.reason}: checkpoint of step {step} saved")
         finally:
