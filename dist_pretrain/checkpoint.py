@@ -226,12 +226,44 @@ def _code_version() -> str:
 
 
 def _rng_state() -> dict:
+    """This rank's generators: Python, NumPy, torch (CPU, CUDA) and megatron's model-parallel
+    tracker, whose per-TP-rank states draw dropout masks."""
+    from megatron.core import tensor_parallel
+
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {"python": random.getstate(), "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
-             "torch": torch.get_rng_state().tolist()}
+             "torch": torch.get_rng_state().tolist(),
+             "tracker": {k: v.tolist() for k, v in tensor_parallel.get_cuda_rng_tracker().get_states().items()}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state().tolist()
     return state
+
+
+def _gather_rng_states() -> list[dict] | None:
+    """Every rank's generators, on rank 0 (None elsewhere)."""
+    rank0 = torch.distributed.get_rank() == 0
+    states = [None] * torch.distributed.get_world_size() if rank0 else None
+    torch.distributed.gather_object(_rng_state(), states, dst=0)
+    return states
+
+
+def _restore_rng(meta: dict, layout_now: dict) -> None:
+    """Each rank resumes its own generators when the layout is unchanged; at another layout
+    ranks play other roles, so all take rank 0's and keep the freshly seeded tracker."""
+    from megatron.core import tensor_parallel
+
+    states = meta["rng"]
+    same = meta["layout"] == layout_now and len(states) == torch.distributed.get_world_size()
+    rng = states[torch.distributed.get_rank()] if same else states[0]
+    random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
+    name, keys, pos, has_gauss, gauss = rng["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
+    if same and torch.cuda.is_available() and "cuda" in rng:
+        torch.cuda.set_rng_state(torch.tensor(rng["cuda"], dtype=torch.uint8))
+    if same:
+        tensor_parallel.get_cuda_rng_tracker().set_states(
+            {k: torch.tensor(v, dtype=torch.uint8) for k, v in rng["tracker"].items()})
 
 
 # --------------------------------------------------------------------------- save / load
@@ -289,7 +321,8 @@ class Checkpointer:
                 tmp.mkdir()
             torch.distributed.barrier()
             state = training_state_dict(self.trainer.engine, self.trainer.engine.model_chunks)
-            meta = _meta(self.trainer, step) if torch.distributed.get_rank() == 0 else None
+            rngs = _gather_rng_states()
+            meta = _meta(self.trainer, step, rngs) if torch.distributed.get_rank() == 0 else None
             if not background:
                 dist_checkpointing.save(state, str(tmp))
                 return meta
@@ -355,14 +388,16 @@ class Checkpointer:
         print(f"saved checkpoint {final}", flush=True)
 
 
-def _meta(trainer, step: int) -> dict:
-    """What a resumed run needs besides the tensors, as of the end of ``step``."""
+def _layout(trainer) -> dict:
     rt = trainer.rt
+    return {"tp": rt.tp, "pp": rt.pp, "vpp": rt.vpp, "dp": rt.dp, "zero_stage": trainer.cfg.parallel.zero_stage}
+
+
+def _meta(trainer, step: int, rngs: list[dict]) -> dict:
+    """What a resumed run needs besides the tensors, as of the end of ``step``."""
     return {"step": step, "data": trainer.data_state(), "config": trainer.cfg.model_dump(),
-            "code_version": _code_version(),
-            "layout": {"tp": rt.tp, "pp": rt.pp, "vpp": rt.vpp, "dp": rt.dp,
-                       "zero_stage": trainer.cfg.parallel.zero_stage},
-            "rng": _rng_state(), "skipped_steps": getattr(trainer, "skipped_steps", 0)}
+            "code_version": _code_version(), "layout": _layout(trainer), "rng": rngs,
+            "skipped_steps": getattr(trainer, "skipped_steps", 0)}
 
 
 def _guarded(step: int, tmp: Path, fn):
@@ -405,11 +440,7 @@ def load(trainer, directory: Path) -> dict[str, Any]:
     """Restore weights, optimizer state and RNG from ``directory``; returns its meta.json."""
     meta = json.loads((directory / "meta.json").read_text())
     load_training_state(trainer.engine, trainer.engine.model_chunks, directory, meta["step"])
-    rng = meta["rng"]
-    random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
-    name, keys, pos, has_gauss, gauss = rng["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
+    _restore_rng(meta, _layout(trainer))
     return meta
 
 

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CFG = str(ROOT / "configs/gpt/tiny.yaml")
 BASE = ["train.steps=8", "checkpoint.interval=1", "monitor.tensorboard=false", "monitor.peak_tflops=1",
         "train.log_interval=1", "train.grad_clip=1.0"]
-LAYOUT = ["parallel.pipeline=2", "parallel.zero_stage=2"]  # 2 processes, PP2 with ZeRO-2
+LAYOUT = ["parallel.pipeline=2", "parallel.zero_stage=2",  # 2 processes, PP2 with ZeRO-2, and dropout:
+          "model.hidden_dropout=0.1", "model.attention_dropout=0.1"]  # resumes need every rank's RNG
 
 
 def launch(nproc, run_dir, *overrides, stop_at=None, sig=signal.SIGKILL, timeout=300, delay=0.0):
