@@ -38,6 +38,9 @@ import numpy as np
 import torch
 from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
+from torch.distributed.checkpoint.api import CheckpointException as TorchCheckpointException  # a BaseException
+
+from dist_pretrain.faults import fault_lost_checkpoint_steps
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
@@ -331,6 +334,8 @@ class Checkpointer:
             return meta
 
         meta = _guarded(step, tmp, write)
+        if step in fault_lost_checkpoint_steps() and torch.distributed.get_rank() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
         if not background:
             _guarded(step, tmp, lambda: self._seal(step, meta) if torch.distributed.get_rank() == 0 else None)
             torch.distributed.barrier()
@@ -343,7 +348,7 @@ class Checkpointer:
             step, meta = self.writing
             try:
                 done = self.queue.maybe_finalize_async_calls(blocking=block)
-            except Exception as err:  # noqa: BLE001 - a failed write, raised on every rank by megatron
+            except (Exception, TorchCheckpointException) as err:  # noqa: BLE001 - a failed write, on every rank
                 self.writing = None
                 _give_up(step, self.root / f"tmp-step-{step:08d}", err)
             if done:
@@ -407,7 +412,7 @@ def _guarded(step: int, tmp: Path, fn):
     result = error = None
     try:
         result = fn()
-    except Exception as err:  # noqa: BLE001 - reported below, on every rank
+    except (Exception, TorchCheckpointException) as err:  # noqa: BLE001 - reported below, on every rank
         ok.zero_()
         error = err
     torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)

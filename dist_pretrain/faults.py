@@ -14,11 +14,21 @@ class TrainingAborted(RuntimeError):
     """Training cannot go on (e.g. repeated non-finite losses); checkpoints are left as they were."""
 
 
+def _fault_steps(name: str) -> set[int]:
+    raw = os.environ.get(name, "")
+    return {int(s) for s in raw.split(",") if s.strip()}
+
+
 def fault_nan_steps() -> set[int]:
     """Fault injection for tests and drills: DIST_PRETRAIN_FAULT_NAN_STEPS=3,4 makes the loss
     of those steps NaN on every rank (as a diverging run would)."""
-    raw = os.environ.get("DIST_PRETRAIN_FAULT_NAN_STEPS", "")
-    return {int(s) for s in raw.split(",") if s.strip()}
+    return _fault_steps("DIST_PRETRAIN_FAULT_NAN_STEPS")
+
+
+def fault_lost_checkpoint_steps() -> set[int]:
+    """DIST_PRETRAIN_FAULT_LOSE_CHECKPOINT_STEPS=4: the storage loses the files of that step's
+    checkpoint while they are being written (as a full or failing disk would)."""
+    return _fault_steps("DIST_PRETRAIN_FAULT_LOSE_CHECKPOINT_STEPS")
 
 
 def poisoned(forward_step):

@@ -25,11 +25,11 @@ LAYOUT = ["parallel.pipeline=2", "parallel.zero_stage=2",  # 2 processes, PP2 wi
           "model.hidden_dropout=0.1", "model.attention_dropout=0.1"]  # resumes need every rank's RNG
 
 
-def launch(nproc, run_dir, *overrides, stop_at=None, sig=signal.SIGKILL, timeout=300, delay=0.0):
+def launch(nproc, run_dir, *overrides, stop_at=None, sig=signal.SIGKILL, timeout=300, delay=0.0, env=None):
     """Run training; with ``stop_at``, send ``sig`` to the whole job ``delay`` s after that step is logged."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "dist_pretrain", "train", CFG, f"run_dir={run_dir}", f"parallel.nproc={nproc}", *overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
     deadline = time.monotonic() + timeout
@@ -244,3 +244,16 @@ def test_async_saves_survive_kill9_and_resume_bit_exact(reference, tmp_path):
         b = consolidate(reference / f"checkpoints/step-{step}")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
         assert verify(run / f"checkpoints/step-{step}") is None
+
+
+@pytest.mark.parametrize("async_save", ["false", "true"])
+def test_storage_losing_files_mid_save_keeps_the_previous_checkpoint(tmp_path, async_save):
+    """The files of step 4's save vanish while being written (a failing disk): every rank stops
+    with the reason, step 2 stays ``latest`` and loadable, nothing half-written is left."""
+    run = tmp_path / "run"
+    rc, out = launch(2, run, *BASE, "train.steps=6", "checkpoint.interval=2", f"checkpoint.async_save={async_save}",
+                     env={"DIST_PRETRAIN_FAULT_LOSE_CHECKPOINT_STEPS": "4"})
+    assert rc != 0 and "saving checkpoint step 4 failed" in out and "untouched" in out, out[-3000:]
+    assert (run / "checkpoints/latest").read_text().strip() == "step-00000002"
+    assert verify(run / "checkpoints/step-00000002") is None
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step-00000002"]
