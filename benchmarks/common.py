@@ -92,7 +92,7 @@ def median(xs) -> float:
 def cpu_model() -> str:
     """``lscpu``'s model name (falls back to /proc/cpuinfo, then platform)."""
     try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False).stdout
         for line in out.splitlines():
             if line.startswith("Model name"):
                 return line.split(":", 1)[1].strip()
@@ -152,7 +152,9 @@ def launch_worker(world: int, cases: list[dict], threads: int, timeout: float = 
             stdout, stderr = proc.communicate()
             raise RuntimeError(f"torchrun with {world} processes ran over {timeout:.0f} s:\n{stderr[-4000:]}")
         if proc.returncode != 0:
-            raise RuntimeError(f"torchrun with {world} processes failed:\n{stdout[-3000:]}\n{stderr[-6000:]}")
+            causes = [line for line in stderr.splitlines() if "Error:" in line and "ChildFailedError" not in line]
+            raise RuntimeError(f"torchrun with {world} processes failed:\n{stdout[-3000:]}\n{stderr[-6000:]}\n"
+                               f"cause: {causes[0] if causes else 'see above'}")
         return json.loads(out.read_text())
 
 

@@ -95,13 +95,27 @@ def compile_layers(trainer) -> int:
 
 
 def init_process_group() -> None:
-    """One-rank group with NCCL for CUDA tensors and gloo for CPU ones, made before the Trainer's
-    own (which then keeps it): the Trainer all-reduces its logged metrics as CPU tensors, which a
-    NCCL-only group refuses."""
+    """Make the Trainer's logged metrics work on a GPU (CPU-only so far, see below).
+
+    ``dist_pretrain.train._global_metrics`` adds the loss function's (CUDA) sums into a CPU
+    tensor and all-reduces that CPU tensor: an error on a GPU under a NCCL-only group. Here the
+    sums are moved to the CPU first, and a one-rank group with gloo for CPU tensors and NCCL for
+    CUDA ones is made before the Trainer's own (which then keeps it). Nothing else changes.
+    """
     import torch
 
     from benchmarks.common import single_process_env
+    from dist_pretrain import train
 
+    if not getattr(train._global_metrics, "cpu_outputs", False):
+        original = train._global_metrics
+
+        def cpu_outputs(outputs, keys, rt):
+            outputs = [{k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+                       for out in outputs]
+            return original(outputs, keys, rt)
+        cpu_outputs.cpu_outputs = True
+        train._global_metrics = cpu_outputs
     single_process_env()
     if not torch.distributed.is_initialized():
         torch.cuda.set_device(0)
@@ -139,9 +153,9 @@ def report(p: dict, rows: list[dict], matmul: float, device: str) -> str:
     s = p["size"]
     lines = [f"# GPU benchmark, {datetime.date.today().isoformat()}", "",
              f"- device: {device}; measured 8192³ bf16 matmul: {matmul:.0f} TFLOP/s",
-             f"- GPT {p['params'] / 1e9:.2f}B: {s.layers} layers, hidden {s.hidden}, {s.heads} heads, seq {s.seq}, "
+             (f"- GPT {p['params'] / 1e9:.2f}B: {s.layers} layers, hidden {s.hidden}, {s.heads} heads, seq {s.seq}, "
              f"micro-batch {s.micro_batch}, bf16 (DeepSpeed ZeRO-1, fp32 master), flash SDPA, "
-             f"recompute {p['recompute']}; Megatron FLOPs/token {p['flops_per_token'] / 1e9:.2f} GFLOP",
+             f"recompute {p['recompute']}; Megatron FLOPs/token {p['flops_per_token'] / 1e9:.2f} GFLOP"),
              "", "| torch.compile | step (s) | tokens/s | TFLOP/s | MFU vs 989 | MFU vs measured matmul | peak GiB |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -191,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         try:
             rows.append(measure(p, compiled, args.warmup, args.steps))
-        except Exception as err:  # torch.compile of megatron layers may not work on every version
+        except Exception as err:  # noqa: BLE001 - torch.compile of megatron layers may fail: reported
             rows.append({"compiled": compiled, "error": f"{type(err).__name__}: {err}"})
         print(rows[-1], f"({time.perf_counter() - t0:.0f} s)", flush=True)
     text = report(p, rows, matmul, props.name)

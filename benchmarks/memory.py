@@ -58,8 +58,8 @@ def rows(results: dict, cases_: list[dict], n: int = 2) -> list[dict]:
 
 def table(rows_: list[dict]) -> str:
     psi = rows_[0]["psi"]
-    lines = [f"Ψ = {psi:,} parameters, N = 2 ranks; bytes per parameter (measured / ZeRO paper), "
-             "the rank holding more", "",
+    lines = [(f"Ψ = {psi:,} parameters, N = 2 ranks; bytes per parameter (measured / ZeRO paper), "
+             "the rank holding more"), "",
              "| case | params | grads | optimizer | total | measured / theory | reduction buckets | other live |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows_:

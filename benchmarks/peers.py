@@ -25,11 +25,11 @@ import argparse
 import functools
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from benchmarks.common import FULL, SMOKE, GPTSize, build_trainer, gpt_overrides, median
 

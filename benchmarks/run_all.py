@@ -23,9 +23,13 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
-from benchmarks import activations, families, memory, mfu, peers, scaling
+# megatron-core warns at import that Apex / Transformer Engine are absent (they are GPU-only)
+warnings.filterwarnings("ignore", message=".*(Apex|Transformer Engine).*")
+
+from benchmarks import activations, families, memory, mfu, notes, peers, scaling
 from benchmarks.common import FULL, ROOT, SMOKE, launch_worker, machine
 
 
@@ -38,28 +42,53 @@ def settings(smoke: bool) -> dict:
 
 
 def run(smoke: bool, only: set[str]) -> dict:
+    """Every selected part; a part that fails is recorded in ``errors`` and the others still run."""
     cfg = settings(smoke)
-    out: dict = {"machine_before": machine(), "smoke": smoke, "settings": {k: str(v) for k, v in cfg.items()}}
+    out: dict = {"machine_before": machine(), "smoke": smoke, "errors": {}}
     precisions = ["fp32", "bf16"]
     t0 = time.perf_counter()
-    if "peers" in only:
+
+    def part(name: str, fn) -> None:
+        try:
+            fn()
+        except Exception as err:  # noqa: BLE001 - reported in the results file, exit status 1
+            out["errors"][name] = f"{type(err).__name__}: {err}"[-4000:]
+        print(f"{name}: {'FAILED' if name in out['errors'] else 'done'} at {time.perf_counter() - t0:.0f} s",
+              flush=True)
+
+    def do_peers():
         out["peers"] = peers.run(cfg["size"], precisions, cfg["steps"], cfg["warmup"], cfg["gemm_n"],
                                  peers.hf_available())
         out["mfu"] = mfu.mfu_rows(out["peers"], cfg["size"], precisions)
-        print(f"peers and MFU done in {time.perf_counter() - t0:.0f} s", flush=True)
-    if "activations" in only:
+
+    def do_activations():
         out["activations"] = activations.run(cfg["size"], ["bf16", "fp32"])
-        print(f"activations done in {time.perf_counter() - t0:.0f} s", flush=True)
+
+    one, two = scaling.cases(cfg["size"], cfg["train_steps"], cfg["train_warmup"])
+    memory_cases = memory.cases(cfg["memory_size"])
+    family_cases = families.cases(smoke, cfg["train_steps"], cfg["train_warmup"])
+
+    def do_parallel():
+        """One job per world size; a case that failed is named in ``errors`` and left out."""
+        got = launch_worker(1, one, threads=2)
+        got.update(launch_worker(2, two + memory_cases + family_cases, threads=1))
+        for name, r in got.items():
+            if "error" in r:
+                out["errors"][name] = r["error"]
+        ok = {name: r for name, r in got.items() if "error" not in r}
+        if all(c["name"] in ok for c in one + two):
+            out["scaling"] = {c["name"]: ok[c["name"]] for c in one + two}
+        cases_ok = [c for c in memory_cases if c["name"] in ok]
+        if cases_ok:
+            out["memory"] = memory.rows(ok, cases_ok)
+        out["families"] = {c["name"]: ok[c["name"]] for c in family_cases if c["name"] in ok}
+
+    if "peers" in only:
+        part("peers", do_peers)
+    if "activations" in only:
+        part("activations", do_activations)
     if "parallel" in only:
-        one, two = scaling.cases(cfg["size"], cfg["train_steps"], cfg["train_warmup"])
-        family_cases = families.cases(smoke, cfg["train_steps"], cfg["train_warmup"])
-        memory_cases = memory.cases(cfg["memory_size"])
-        out["scaling"] = launch_worker(1, one, threads=2)
-        both = launch_worker(2, two + family_cases + memory_cases, threads=1)
-        out["scaling"].update({c["name"]: both[c["name"]] for c in two})
-        out["families"] = {c["name"]: both[c["name"]] for c in family_cases}
-        out["memory"] = memory.rows(both, memory_cases)
-        print(f"torchrun jobs done in {time.perf_counter() - t0:.0f} s", flush=True)
+        part("torchrun jobs (scaling, memory, families)", do_parallel)
     out["seconds"] = time.perf_counter() - t0
     out["machine_after"] = machine()
     return out
@@ -73,45 +102,50 @@ def report(res: dict, command: str) -> str:
     lines = [
         f"# CPU benchmarks, {datetime.date.today().isoformat()}{' (smoke size)' if res['smoke'] else ''}",
         "",
-        f"- machine: {m['cpu']}, {m['cores']} cores (bf16 instructions: {m['bf16_isa']}); "
-        f"torch {m['torch']}, Python {m['python']}",
+        (f"- machine: {m['cpu']}, {m['cores']} cores (bf16 instructions: {m['bf16_isa']}); "
+        f"torch {m['torch']}, Python {m['python']}"),
         f"- load average (1 min) before / after: {m['load_1min']:.2f} / {after['load_1min']:.2f}"
         + (" — the machine was shared with other jobs during this run; expect noise in the timings"
            if shared else ""),
         f"- command: `{command}` ({res['seconds'] / 60:.1f} min)",
-        f"- GPT: {size.layers} layers, hidden {size.hidden}, {size.heads} heads, seq {size.seq}, "
+        (f"- GPT: {size.layers} layers, hidden {size.hidden}, {size.heads} heads, seq {size.seq}, "
         f"vocab {size.vocab}, micro-batch {size.micro_batch} ({size.tokens_per_micro_batch} tokens/step), "
-        "tied embeddings, no dropout, AdamW + clip 1.0",
+        "tied embeddings, no dropout, AdamW + clip 1.0"),
         "",
     ]
     if "peers" in res:
         p = res["peers"]
         precs = [k for k in ("fp32", "bf16") if k in p]
         lines += ["## Throughput against the alternatives (single process, all cores)", "",
-                  "ours = `Trainer.train_step` (megatron-core GPTModel, DeepSpeed ZeRO-1 engine; bf16 = "
+                  ("ours = `Trainer.train_step` (megatron-core GPTModel, DeepSpeed ZeRO-1 engine; bf16 = "
                   "DeepSpeed bf16: bf16 weights and grads, fp32 master weights and moments). "
                   "HF = `GPT2LMHeadModel` from a config, SDPA; nanoGPT = plain PyTorch with SDPA; both with "
                   "fp32 weights, `torch.autocast(bf16)` for bf16 and `AdamW(fused=True)`. "
-                  f"Median of {cfg['steps']} rounds after {cfg['warmup']} warm-up rounds, systems alternating.", "",
+                  f"Median of {cfg['steps']} rounds after {cfg['warmup']} warm-up rounds, systems alternating."), "",
                   peers.table(p, precs), "",
-                  "Where the time goes (phases: median seconds of the measured steps; categories: self CPU time "
-                  "of one profiled step):", "", peers.phase_table(p, precs), ""]
+                  ("Where the time goes (phases: median seconds of the measured steps; categories: self CPU time "
+                  "of one profiled step):"), "", peers.phase_table(p, precs), ""]
         lines += ["## MFU against this machine's measured peak", "", mfu.table(res["mfu"], size, cfg["gemm_n"]), ""]
     if "activations" in res:
         lines += ["## Activation memory per micro-batch", "", activations.__doc__.split("\n\n", 2)[2].strip(), "",
                   activations.table(res["activations"], size), ""]
+    for name, err in res["errors"].items():
+        lines += [f"**{name} failed**: `{err.splitlines()[-1] if err else ''}` (full text in the JSON)", ""]
     if "scaling" in res:
-        lines += ["## Scaling on the cores of one host (bf16, ZeRO-1, global batch "
-                  f"{min(scaling.GLOBAL_BATCH, 4 * size.micro_batch)})", "", scaling.table(res["scaling"]), ""]
+        lines += [("## Scaling on the cores of one host (bf16, ZeRO-1, global batch "
+                  f"{min(scaling.GLOBAL_BATCH, 4 * size.micro_batch)})"), "", scaling.table(res["scaling"]), ""]
+    if "memory" in res:
         lines += ["## Model-state memory per rank against the ZeRO paper (DP=2)", "",
                   memory.__doc__.split("\n\n", 1)[1].strip(), "", memory.table(res["memory"]), "",
                   "Where the measured bytes are (bytes per parameter):", "", memory.where(res["memory"]), ""]
+    if res.get("families"):
         bf16_peak = res.get("peers", {}).get("gemm", {}).get("bf16", {}).get("tflops")
         lines += ["## Model families (demo configs, 2 processes x 1 thread)", ""]
         if bf16_peak:
             lines += [families.table(res["families"], bf16_peak), ""]
         else:
             lines += ["(run with peers for the GEMM peak that MFU needs)", ""]
+    lines.append(notes.notes(res, size))
     return "\n".join(lines)
 
 
@@ -137,6 +171,7 @@ def chart(res: dict, path: Path) -> str | None:
         base = res["scaling"]["1 process x 2 threads"]["tokens_per_s"]
         panels.append(("tokens/s vs 1 process x 2 threads",
                        {k.replace(" (ZeRO-1)", ""): v["tokens_per_s"] / base for k, v in res["scaling"].items()}, 1.0))
+    if "memory" in res:
         panels.append(("model-state bytes: measured / ZeRO paper",
                        {r["name"].replace(" ZeRO-", "\nZ").replace(", params released", "*"): r["ratio"]
                         for r in res["memory"]}, 1.0))
@@ -167,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                         default=["peers", "activations", "parallel"])
     args = parser.parse_args(argv)
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    warnings.filterwarnings("ignore")  # megatron-core's "Apex / Transformer Engine not installed", ...
     command = "python -m benchmarks.run_all" + (" --smoke" if args.smoke else "") + \
         (f" --only {' '.join(args.only)}" if len(args.only) < 3 else "")
     res = run(args.smoke, set(args.only))
@@ -183,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / f"{stem}.json").write_text(json.dumps(res, indent=1, default=str))
     print(text)
     print(f"\nwrote {out / stem}.md ({res['seconds']:.0f} s)")
-    return 0
+    return 1 if res["errors"] else 0
 
 
 if __name__ == "__main__":

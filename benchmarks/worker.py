@@ -64,7 +64,11 @@ def memory_case(case: dict, world: int) -> dict:
     gradient partition there); the count with the most params + grads + optimizer state wins.
     Other tensors alive at the optimizer step are counted too (``live_unreached``).
     """
-    from dist_pretrain.memory import find_torch_optimizers, held_model_state, live_storages
+    from dist_pretrain.memory import (
+        find_torch_optimizers,
+        held_model_state,
+        live_storages,
+    )
 
     baseline = live_storages()
     trainer = _trainer(case, world)
@@ -117,7 +121,10 @@ def main() -> None:
     results = {}
     for case in cases:
         run = train_case if case["kind"] == "train" else memory_case
-        results[case["name"]] = run(case, world)
+        try:
+            results[case["name"]] = run(case, world)
+        except Exception as err:  # noqa: BLE001 - the same error on every rank (config, code): next case
+            results[case["name"]] = {"error": f"{type(err).__name__}: {err}"}
         gc.collect()
         torch.distributed.barrier()
     if torch.distributed.get_rank() == 0:

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import gc
 from collections import deque
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 

@@ -107,7 +107,7 @@ def test_gpu_plan_dry_run(capsys):
 @pytest.mark.slow
 def test_run_all_smoke(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "benchmarks.run_all", "--smoke", "--out", str(tmp_path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+                          cwd=ROOT, capture_output=True, text=True, timeout=240, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     reports = list(tmp_path.glob("*-cpu-smoke.md"))
     assert len(reports) == 1
