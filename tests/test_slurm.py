@@ -125,9 +125,11 @@ def _history(run_dir: Path) -> dict[int, dict]:
     path = run_dir / "history.jsonl"
     if path.exists():
         for line in path.read_text().splitlines():
-            if line.strip():
+            try:
                 row = json.loads(line)
-                rows[row["step"]] = row  # a step redone after a resume replaces the first try
+            except ValueError:  # empty, or the line rank 0 is writing right now
+                continue
+            rows[row["step"]] = row  # a step redone after a resume replaces the first try
     return rows
 
 
@@ -194,7 +196,9 @@ def test_preempted_job_requeues_and_resumes_to_the_same_loss(cluster, reference,
     print(_tail(log, 12))
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", _tail(log)
     assert info["Restarts"] == "1", info  # requeued once, by the script
-    assert "stopping: stop signal (SIGTERM)" in text and "requeueing job" in text, _tail(log)
+    # "(SIGTERM)", or "(on another rank)" when rank 0 got its signal after the others agreed
+    assert re.search(r"stopping: stop signal \((SIGTERM|on another rank)\)", text), _tail(log)
+    assert "requeueing job" in text, _tail(log)
     resumed = re.search(r"resumed from \S+step-(\d+) \(step (\d+);", text)
     assert resumed, _tail(log)
     step = int(resumed[2])
