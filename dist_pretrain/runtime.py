@@ -11,6 +11,9 @@ from __future__ import annotations
 import datetime
 import os
 import random
+import re
+import socket
+import subprocess
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +51,35 @@ def discover_launch_env(environ: dict | None = None) -> LaunchEnv:
             local = int(env.get(local_var, env.get("SLURM_LOCALID", rank)))
             return LaunchEnv(rank, size, local, names[rank_var])
     return LaunchEnv(0, 1, 0, "single")
+
+
+def rendezvous_address(launch: LaunchEnv, environ: dict | None = None) -> tuple[str, str]:
+    """Where rank 0 listens when the launcher did not say (``MASTER_ADDR/PORT`` unset).
+
+    Under a bare ``srun python -m dist_pretrain ...`` every rank derives the same answer on
+    its own: the first node of the step, through its ``NodeAddr`` (node names need not
+    resolve), and a port from the job id (the formula ``slurm/pretrain.sbatch`` starts from).
+    Otherwise (one node) 127.0.0.1:29500.
+    """
+    env = os.environ if environ is None else environ
+    nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST")
+    if launch.launcher != "slurm" or not nodes:
+        return "127.0.0.1", "29500"
+    try:
+        first = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True,
+                               timeout=30, check=True).stdout.split()[0]
+        info = subprocess.run(["scontrol", "show", "node", first], capture_output=True, text=True,
+                              timeout=30, check=False).stdout
+    except (OSError, subprocess.SubprocessError, IndexError) as err:
+        raise RuntimeError(f"launched by srun without MASTER_ADDR, and `scontrol` cannot name the first "
+                           f"node of {nodes!r} ({err}): export MASTER_ADDR and MASTER_PORT") from err
+    match = re.search(r"NodeAddr=(\S+)", info)
+    addr = match.group(1) if match else first
+    try:
+        addr = socket.gethostbyname(addr)
+    except OSError:
+        pass
+    return addr, str(15000 + int(env.get("SLURM_JOB_ID", "0")) % 20000)
 
 
 def world_size_from_env() -> int:
@@ -91,7 +123,10 @@ def init_distributed(tp: int, pp: int, vpp: int | None, timeout_minutes: float =
         device = torch.device("cpu")
     # DeepSpeed asserts on LOCAL_RANK whatever launched us (srun, mpirun)
     os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_ADDR" not in os.environ:
+        addr, port = rendezvous_address(env)
+        os.environ["MASTER_ADDR"] = addr
+        os.environ.setdefault("MASTER_PORT", port)
     os.environ.setdefault("MASTER_PORT", "29500")
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if on_gpu else "cpu")
     timeout = datetime.timedelta(minutes=timeout_minutes)

@@ -155,3 +155,22 @@ def test_launch_env_is_frozen():
     env = discover_launch_env(dict(TORCHRUN))
     with pytest.raises(AttributeError):
         env.rank = 0
+
+
+def test_bare_srun_finds_the_first_node_through_scontrol(tmp_path, monkeypatch):
+    """No MASTER_ADDR under srun: every rank asks scontrol for the step's first node and its
+    NodeAddr (fake node names need not resolve) and takes the port from the job id."""
+    from dist_pretrain.runtime import rendezvous_address
+
+    fake = tmp_path / "scontrol"
+    fake.write_text('#!/bin/sh\n'
+                    'if [ "$2" = hostnames ]; then echo gpu-a17; echo gpu-a18; fi\n'
+                    'if [ "$2" = node ]; then echo "NodeName=$3 Arch=x86_64"; '
+                    'echo "   NodeAddr=127.0.0.3 NodeHostName=$3"; fi\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{__import__('os').environ['PATH']}")
+    env = {**SLURM, "SLURM_STEP_NODELIST": "gpu-a[17-18]"}
+    assert rendezvous_address(discover_launch_env(env), env) == ("127.0.0.3", str(15000 + 4242))
+    # torchrun / mpirun exports, or one node: nothing to look up
+    assert rendezvous_address(discover_launch_env(TORCHRUN), TORCHRUN) == ("127.0.0.1", "29500")
+    assert rendezvous_address(discover_launch_env(SLURM), SLURM) == ("127.0.0.1", "29500")
