@@ -54,7 +54,8 @@ def throughput(res: dict) -> list[str]:
         "without `fused=True`, and on CPU that is ~6 passes over the 4Ψ-byte partition (27 ms fused vs "
         "267 ms per step for 45M parameters, measured alone on this machine) — and (4) copies the fp32 "
         "master back to the model weights. The 'ours + fused AdamW (proposed)' row is the same Trainer "
-        "with only (3) changed.")
+        "with only (3) changed. What then remains of the engine step is mostly (1): DeepSpeed's "
+        "`get_grad_norm_direct` converts every bf16 gradient to fp32, one parameter at a time.")
     return out
 
 
@@ -63,13 +64,15 @@ def mfu(res: dict) -> list[str]:
     out = []
     for prec, goal in (("bf16", 0.35), ("fp32", None)):
         r = rows.get((prec, "ours"))
+        fused = rows.get((prec, peers.PROPOSED))
         if r:
             out.append(f"- {prec}: ours reaches {100 * r['mfu']:.1f}% of the measured {prec} GEMM peak "
                        f"({r['peak']:.3f} TFLOP/s)" + (f"; goal {100 * goal:.0f}% {'met' if r['mfu'] >= goal else 'NOT met'}"
-                                                       if goal else "") + ".")
-    out.append("- A step is not one big GEMM: the logits GEMM (V = 50304) is half the FLOPs and runs near peak, "
-               "the 512-wide layer GEMMs do not, and the update, norms, softmax over the vocabulary and "
-               "LayerNorms are memory-bound work the FLOPs formula does not count.")
+                                                       if goal else "") + "."
+                        + (f" With fused AdamW: {100 * fused['mfu']:.1f}%." if fused else ""))
+    out.append("- A step is not one big GEMM: the formula counts matmuls only, while the update, the norms, "
+               "the softmax over the 50304-word vocabulary and the LayerNorms are memory-bound work it does not "
+               "count, and the 512-wide layer GEMMs are smaller than the 4096³ one that sets the peak.")
     return out
 
 
@@ -90,7 +93,9 @@ MEMORY = [
     ("- **ZeRO-3 does not release parameters of a model this small by default**: "
     "`stage3_max_live_parameters` and `stage3_max_reuse_distance` default to 1e9, so every parameter "
     "stays gathered after its first use (2Ψ on top of the 2Ψ/N partition). With them at 0 "
-    "(the 'params released' rows) the parameters are the paper's 2Ψ/N."),
+    "(the 'params released' rows) the parameters are the paper's 2Ψ/N at the step; their high-water "
+    "can instead fall in the backward, while the largest tensor (the tied embedding) is gathered whole "
+    "with its full gradient."),
     ("- **Reduction buckets are sized by config, not by Ψ**: `reduce_bucket_size` defaults to 5e8 "
     "elements, so ZeRO-1/2/3 allocate ~1.9 GiB (fp32) / 0.95 GiB (bf16) per rank whatever the model "
     "(on a CPU only the pages written become resident; on a GPU it is device memory). Pass a smaller "
@@ -122,15 +127,23 @@ def scaling(res: dict, size: GPTSize) -> list[str]:
     last = lm_flops_per_token(half, size.hidden, 4 * size.hidden, size.seq, size.vocab)
     base, dp = s["1 process x 2 threads"]["tokens_per_s"], s["DP=2 (ZeRO-1)"]["tokens_per_s"]
     tp, pp = s["TP=2"]["tokens_per_s"], s["PP=2"]["tokens_per_s"]
+    if dp >= base:
+        dp_line = (f"- DP=2 (2 processes x 1 thread) gives {dp / base:.2f}x the tokens/s of 1 process x 2 threads: "
+                   "each rank runs whole GEMMs on one core (no fork/join of OpenMP threads per op, and the many "
+                   "small elementwise ops do not scale with threads), at the price of one gradient all-reduce "
+                   "per step over gloo on loopback.")
+    else:
+        dp_line = (f"- DP=2 (2 processes x 1 thread) gives {dp / base:.2f}x the tokens/s of 1 process x 2 threads: "
+                   "the GEMMs here are large enough for two threads to share well, and DP pays a gradient "
+                   "all-reduce of the whole model per step over gloo on loopback (plus a ZeRO-1 all-gather "
+                   "of the updated weights) that threads do not.")
     return [
-        (f"- DP=2 (2 processes x 1 thread) gives {dp / base:.2f}x the tokens/s of 1 process x 2 threads: "
-        "each rank runs whole GEMMs on one core (no fork/join of OpenMP threads per op, and the many small "
-        "elementwise ops do not scale with threads), at the price of one gradient all-reduce per step "
-        "over gloo on loopback."),
-        (f"- TP=2 costs {100 * (1 - tp / dp):.0f}% against DP=2 ({tp / dp:.2f}x): every layer does two "
-        "synchronous all-reduces of the s·b·h activations forward and two backward over gloo/TCP, and "
-        "each core gets half-width GEMMs; on one host without NVLink, TP is for models that do not fit, "
-        "not for speed."),
+        dp_line,
+        (f"- TP=2 runs at {tp / dp:.2f}x DP=2: every layer does two synchronous all-reduces of the s·b·h "
+         "activations forward and two backward over gloo/TCP, and each core gets half-width GEMMs; in "
+         "exchange each rank holds half the weights, gradients and optimizer state. "
+         + ("Here the activations are small against the layer's GEMMs, so that costs little."
+            if tp / dp > 0.9 else "On one host without NVLink, TP is for models that do not fit, not for speed.")),
         (f"- PP=2 costs {100 * (1 - pp / dp):.0f}% against DP=2 ({pp / dp:.2f}x): with 1F1B over 4 "
         "micro-batches the bubble is (p-1)/(m+p-1) = 20% of the step, and the stages are unbalanced: "
         f"the last stage also runs the {size.vocab}-wide logits GEMM and the loss, {last / layers:.1f}x "

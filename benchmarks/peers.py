@@ -175,6 +175,8 @@ def fused_adamw_trainer(size: GPTSize, precision: str) -> OursSystem:
     this benchmark proposes (the engine builds a plain ``AdamW``, whose per-op CPU path makes
     ~6 passes over the flat fp32 partition). Measured here by building the Trainer while
     ``torch.optim.AdamW`` defaults to fused; nothing else differs."""
+    import deepspeed  # noqa: F401 - imported first: DeepSpeed subclasses AdamW at import time
+
     original = torch.optim.AdamW
     torch.optim.AdamW = functools.partial(original, fused=True)
     try:
