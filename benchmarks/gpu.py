@@ -5,10 +5,10 @@
 24 layers, hidden 2048, 16 heads, seq 2048, GPT-2 vocab padded to 50304 (~1.3B parameters),
 bf16 (DeepSpeed bf16, ZeRO-1 at DP=1, fp32 master weights), SDPA restricted to the flash
 kernel, through ``Trainer.train_step`` like every "ours" number. Activation recomputation
-is chosen by ``--recompute auto`` from the memory estimate (model states 18 bytes/param,
-activations 16sbh·2 bytes per layer + logits) against the GPU's memory. ``--compile`` runs
-the step with each transformer layer under ``torch.compile`` too, where it works (a failure
-is reported, not fatal). MFU is against 989 TFLOP/s (H100 SXM dense bf16; the H200 has the
+is chosen by ``--recompute auto`` from the memory estimate (``estimate_gib``) against the
+GPU's memory. ``--compile`` runs the step with each transformer layer under ``torch.compile``
+too, where it works (a failure is reported, not fatal). Each variant runs in its own process,
+so one's memory (or a failed compile) cannot affect the other. MFU is against 989 TFLOP/s (H100 SXM dense bf16; the H200 has the
 same) and against a measured 8192³ bf16 matmul.
 
 ``--dry-run`` builds the config and prints the plan and the FLOPs without a GPU (tests use it).
@@ -37,14 +37,16 @@ def size_from(args) -> GPTSize:
 
 
 def estimate_gib(size: GPTSize, recompute: str) -> float:
-    """Model states (bf16 weights + grads, fp32 master + moments + fp32 grad copy: 18 B/param),
-    activations (16sbh bf16 values per layer, or the layer inputs under full recompute plus one
-    layer) and the logits (bf16 + fp32 softmax: 6 bytes per s·b·V)."""
+    """Memory of a step: model states at the ZeRO-1 step (DP=1; bf16 weights and gradients, fp32
+    gradient copy, master and moments: 20 bytes/param, as ``benchmarks.memory`` measures),
+    activations (16sbh bf16 values per layer, or under full recompute each layer's input plus
+    one layer), the logits and their fp32 loss tensors (~12 bytes per s·b·V) and DeepSpeed's
+    5e8-element bf16 reduction bucket."""
     psi = gpt_params(size.layers, size.hidden, 4 * size.hidden, size.vocab, size.seq)
     s, b, h, a = size.seq, size.micro_batch, size.hidden, size.heads
     layer = flash_no_dropout_layer_bytes(s, b, h, a, 2)
     acts = size.layers * layer if recompute == "none" else size.layers * s * b * h * 2 + layer
-    return (18 * psi + acts + 6 * s * b * size.vocab) / 2**30
+    return (20 * psi + acts + 12 * s * b * size.vocab + 2 * 5e8) / 2**30
 
 
 def plan(args, gpu_gib: float | None) -> dict:
@@ -83,6 +85,8 @@ def compile_layers(trainer) -> int:
     """Each transformer layer's forward under torch.compile (parameter names unchanged)."""
     import torch
 
+    # the layers share one code object: let every layer have its own compiled entry if it needs one
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     count = 0
     for chunk in trainer.engine.model_chunks:
         model = chunk
@@ -149,6 +153,25 @@ def measure(p: dict, compiled: bool, warmup: int, steps: int) -> dict:
     return result
 
 
+RESULT = "GPU-BENCH-RESULT "
+
+
+def run_variant(argv: list[str], compiled: bool, timeout: float = 280) -> dict:
+    """``measure`` in a child process (``--variant on|off``): its result, or its error."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "benchmarks.gpu", *argv, "--variant", "on" if compiled else "off"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"compiled": compiled, "error": f"ran over {timeout:.0f} s"}
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT):
+            return json.loads(line[len(RESULT):])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    return {"compiled": compiled, "error": f"exit {proc.returncode}: {' | '.join(tail)}"}
+
+
 def report(p: dict, rows: list[dict], matmul: float, device: str) -> str:
     s = p["size"]
     lines = [f"# GPU benchmark, {datetime.date.today().isoformat()}", "",
@@ -182,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--variant", choices=["on", "off"], help=argparse.SUPPRESS)  # child process
     args = parser.parse_args(argv)
     if args.dry_run:
         from dist_pretrain.config import load_config, validate
@@ -197,16 +221,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     props = torch.cuda.get_device_properties(0)
     p = plan(args, gpu_gib=props.total_memory / 2**30)
+    if args.variant:
+        try:
+            result = measure(p, args.variant == "on", args.warmup, args.steps)
+        except Exception as err:  # noqa: BLE001 - torch.compile of megatron layers may fail: reported
+            result = {"compiled": args.variant == "on", "error": f"{type(err).__name__}: {err}"[:500]}
+        print(RESULT + json.dumps(result), flush=True)
+        return 0
     matmul = matmul_tflops()
     print(f"{props.name}: 8192^3 bf16 matmul {matmul:.0f} TFLOP/s; plan {p['recompute']=} "
           f"estimate {p['estimate_gib']}", flush=True)
-    rows = []
+    rows = []  # each variant in a child process: this one only timed the matmul
     for compiled in p["compile"]:
         t0 = time.perf_counter()
-        try:
-            rows.append(measure(p, compiled, args.warmup, args.steps))
-        except Exception as err:  # noqa: BLE001 - torch.compile of megatron layers may fail: reported
-            rows.append({"compiled": compiled, "error": f"{type(err).__name__}: {err}"})
+        rows.append(run_variant(sys.argv[1:] if argv is None else argv, compiled))
         print(rows[-1], f"({time.perf_counter() - t0:.0f} s)", flush=True)
     text = report(p, rows, matmul, props.name)
     out = Path(args.out)
