@@ -17,7 +17,9 @@ sites it serves:
   recomputation (``CheckpointFunction`` saves and restores the RNG state).
   ``torch.cuda.manual_seed`` maps to ``torch.default_generator.manual_seed`` and not
   to ``torch.manual_seed``: the latter calls ``torch.cuda.manual_seed_all``, which
-  would recurse if it were redirected too.
+  would recurse if it were redirected too. Because the two generators are then one, the
+  tracker's check "CPU RNG state changed within GPU RNG context" fires on every dropout
+  fork; that one log message is filtered out (``_SameGeneratorFilter``).
 * Tensors created or moved with a CUDA device (``device="cuda"``, ``device=0``,
   ``.cuda()``, ``.to("cuda")``; about 40 sites: every pipeline schedule's
   ``torch.zeros(1, device="cuda")`` token counters, ``clip_grads``, the optimizer's
@@ -32,6 +34,7 @@ sites it serves:
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import torch
@@ -120,11 +123,20 @@ def enable() -> bool:
     torch.cuda.manual_seed = lambda seed: torch.default_generator.manual_seed(int(seed))
     mcore_random._get_cuda_rng_state = get_rng_state
     mcore_random._set_cuda_rng_state = set_rng_state
+    logging.getLogger(mcore_random.__name__).addFilter(_SameGeneratorFilter())
 
     _MODE = _CudaToCpuMode()
     _MODE.__enter__()
     _ENABLED = True
     return True
+
+
+class _SameGeneratorFilter(logging.Filter):
+    """Drops the tracker's warning that the CPU RNG moved inside a CUDA-RNG fork: on CPU the
+    "CUDA" generator is the CPU one, so dropout inside the fork always moves it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "CPU RNG state changed within GPU RNG context" not in record.getMessage()
 
 
 def disable_deepspeed_shm_comm() -> None:

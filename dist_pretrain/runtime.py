@@ -131,8 +131,10 @@ def init_distributed(tp: int, pp: int, vpp: int | None, timeout_minutes: float =
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if on_gpu else "cpu")
     timeout = datetime.timedelta(minutes=timeout_minutes)
     if not torch.distributed.is_initialized():
+        # on GPUs, small CPU-side agreements (stop signals, checkpoint status) go over gloo
         torch.distributed.init_process_group(
-            backend=backend, rank=env.rank, world_size=env.world_size, timeout=timeout
+            backend="cpu:gloo,cuda:nccl" if on_gpu else "gloo", rank=env.rank, world_size=env.world_size,
+            timeout=timeout,
         )
     if not on_gpu:
         cpu_compat.disable_deepspeed_shm_comm()

@@ -161,11 +161,11 @@ def _global_metrics(outputs: list[dict], keys: list[str], rt: Runtime) -> dict[s
     Only the last pipeline stage has them; TP ranks hold copies, so tensor rank 0 of the
     last stage contributes and the all-reduce sums data-parallel replicas.
     """
-    totals = torch.zeros(len(keys), 2, dtype=torch.float64)
+    totals = torch.zeros(len(keys), 2, dtype=torch.float64, device=rt.device)  # NCCL reduces GPU tensors
     if parallel_state.is_pipeline_last_stage(ignore_virtual=True) and rt.tp_rank == 0:
         for out in outputs:
             for i, key in enumerate(keys):
-                totals[i] += out[key].double()
+                totals[i] += out[key].detach().double().to(rt.device)
     torch.distributed.all_reduce(totals)
     return {key: float(t[0] / t[1]) if t[1] > 0 else float("nan") for key, t in zip(keys, totals)}
 
