@@ -3,7 +3,6 @@ of every gap between measurement and theory (each mechanism named where it lives
 
 from __future__ import annotations
 
-from benchmarks import peers
 from benchmarks.common import GPTSize
 from dist_pretrain.families.gpt import lm_flops_per_token
 
@@ -34,10 +33,6 @@ def throughput(res: dict) -> list[str]:
                 f"Forward + backward: ours {_fwd_bwd(ours):.3f} s, {fastest} {_fwd_bwd(best):.3f} s; "
                 f"the update: ours' engine step {_update(ours):.3f} s, {fastest}'s clip + fused AdamW "
                 f"{_update(best):.3f} s.")
-        if peers.PROPOSED in rows:
-            fused = rows[peers.PROPOSED]
-            line += (f" With fused AdamW the engine step is {_update(fused):.3f} s and the step "
-                     f"{fused['tokens_per_s'] / best['tokens_per_s']:.2f}x the faster peer.")
         out.append(line)
     if "fp32" in p and "bf16" in p:
         gemm = p["gemm"]["bf16"]["tflops"] / p["gemm"]["fp32"]["tflops"]
@@ -50,11 +45,10 @@ def throughput(res: dict) -> list[str]:
         "Our own overhead is the engine step: DeepSpeed's ZeRO-1 step at DP=1 "
         "still (1) checks every gradient for inf/NaN in fp32 (`bf16.check_grad_overflow`) and computes "
         "the norm per parameter, (2) flattens the gradients into the partition and (bf16) copies them to "
-        "fp32, (3) runs torch's *unfused* AdamW — `dist_pretrain/engine.py` builds `torch.optim.AdamW` "
-        "without `fused=True`, and on CPU that is ~6 passes over the 4Ψ-byte partition (27 ms fused vs "
-        "267 ms per step for 45M parameters, measured alone on this machine) — and (4) copies the fp32 "
-        "master back to the model weights. The 'ours + fused AdamW (proposed)' row is the same Trainer "
-        "with only (3) changed. What then remains of the engine step is mostly (1): DeepSpeed's "
+        "fp32, (3) runs the fused AdamW over the flat fp32 partition (`dist_pretrain/engine.py` builds "
+        "`torch.optim.AdamW(fused=True)`: 27 ms per step for 45M parameters here, against 267 ms for the "
+        "unfused per-op path it used before this benchmark found it) and (4) copies the fp32 master back "
+        "to the model weights. What remains of the engine step is mostly (1): DeepSpeed's "
         "`get_grad_norm_direct` converts every bf16 gradient to fp32, one parameter at a time.")
     return out
 
@@ -64,12 +58,10 @@ def mfu(res: dict) -> list[str]:
     out = []
     for prec, goal in (("bf16", 0.35), ("fp32", None)):
         r = rows.get((prec, "ours"))
-        fused = rows.get((prec, peers.PROPOSED))
         if r:
             out.append(f"- {prec}: ours reaches {100 * r['mfu']:.1f}% of the measured {prec} GEMM peak "
                        f"({r['peak']:.3f} TFLOP/s)" + (f"; goal {100 * goal:.0f}% {'met' if r['mfu'] >= goal else 'NOT met'}"
-                                                       if goal else "") + "."
-                        + (f" With fused AdamW: {100 * fused['mfu']:.1f}%." if fused else ""))
+                                                       if goal else "") + ".")
     out.append("- A step is not one big GEMM: the formula counts matmuls only, while the update, the norms, "
                "the softmax over the 50304-word vocabulary and the LayerNorms are memory-bound work it does not "
                "count, and the 512-wide layer GEMMs are smaller than the 4096³ one that sets the peak.")

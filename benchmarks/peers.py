@@ -22,7 +22,6 @@ after ``--warmup`` rounds the median of ``--steps`` rounds is reported.
 from __future__ import annotations
 
 import argparse
-import functools
 import math
 import time
 from collections.abc import Callable
@@ -170,28 +169,8 @@ class Phases:
         self.t0 = now
 
 
-def fused_adamw_trainer(size: GPTSize, precision: str) -> OursSystem:
-    """Ours with ``torch.optim.AdamW(fused=True)`` in the engine: the one-line engine.py change
-    this benchmark proposes (the engine builds a plain ``AdamW``, whose per-op CPU path makes
-    ~6 passes over the flat fp32 partition). Measured here by building the Trainer while
-    ``torch.optim.AdamW`` defaults to fused; nothing else differs."""
-    import deepspeed  # noqa: F401 - imported first: DeepSpeed subclasses AdamW at import time
-
-    original = torch.optim.AdamW
-    torch.optim.AdamW = functools.partial(original, fused=True)
-    try:
-        return OursSystem(PROPOSED, size, precision)
-    finally:
-        torch.optim.AdamW = original
-
-
-PROPOSED = "ours + fused AdamW (proposed)"
-
-
-def build_systems(size: GPTSize, precision: str, with_hf: bool, proposed: bool = True) -> list:
+def build_systems(size: GPTSize, precision: str, with_hf: bool) -> list:
     systems = [OursSystem("ours", size, precision)]
-    if proposed:
-        systems.append(fused_adamw_trainer(size, precision))
     if with_hf:
         systems.append(PeerSystem("HF transformers", hf_gpt2(size), size, precision,
                                   lambda m, x: m(input_ids=x).logits))
@@ -211,13 +190,13 @@ def gemm_seconds(n: int, dtype: torch.dtype, a_b: dict) -> float:
 
 
 def run(size: GPTSize, precisions: list[str], steps: int, warmup: int, gemm_n: int,
-        with_hf: bool, proposed: bool = True) -> dict:
+        with_hf: bool) -> dict:
     """Alternating rounds over every (precision, system) and the GEMM peaks.
 
     Returns {precision: {system: {"tokens_per_s", "step_s", "phases", "n_params"}}, "gemm": {...}}
     with the per-step lists of the measured rounds (after ``warmup``).
     """
-    systems = [(prec, s) for prec in precisions for s in build_systems(size, prec, with_hf, proposed)]
+    systems = [(prec, s) for prec in precisions for s in build_systems(size, prec, with_hf)]
     times: dict[tuple[str, str], list[float]] = {(p, s.name): [] for p, s in systems}
     gemm: dict[str, list[float]] = {p: [] for p in precisions}
     operands: dict = {}

@@ -160,12 +160,11 @@ def chart(res: dict, path: Path) -> str | None:
     panels = []
     if "peers" in res:
         p = res["peers"]
-        bars = {f"{prec} {'fused' if mine == peers.PROPOSED else 'ours'}\n/ {name}":
-                p[prec][mine]["tokens_per_s"] / r["tokens_per_s"]
-                for prec in ("fp32", "bf16") if prec in p for mine in ("ours", peers.PROPOSED) if mine in p[prec]
+        bars = {f"{prec} ours\n/ {name}": p[prec]["ours"]["tokens_per_s"] / r["tokens_per_s"]
+                for prec in ("fp32", "bf16") if prec in p
                 for name, r in p[prec].items() if not name.startswith("ours")}
-        panels.append(("ours (and ours + fused AdamW) tokens/s / peer tokens/s", bars, 1.0))
-        short = {peers.PROPOSED: "ours + fused", "HF transformers": "HF"}
+        panels.append(("ours tokens/s / peer tokens/s", bars, 1.0))
+        short = {"HF transformers": "HF"}
         panels.append(("MFU (Megatron formula) vs measured GEMM peak (line: the 35% bf16 goal)",
                        {f"{r['precision']}\n{short.get(r['system'], r['system'])}": r["mfu"] for r in res["mfu"]},
                        0.35))
