@@ -62,6 +62,16 @@ def history(run_dir) -> dict[int, dict]:
     return rows
 
 
+def rewound_copy(run: Path, dest: Path, step: int) -> Path:
+    """A copy of ``run`` whose newest checkpoint is ``step`` (the later ones deleted)."""
+    shutil.copytree(run, dest)
+    for s, path in [(int(p.name.split("-")[1]), p) for p in (dest / "checkpoints").glob("step-*")]:
+        if s > step:
+            shutil.rmtree(path)
+    (dest / "checkpoints/latest").write_text(f"step-{step:08d}\n")
+    return dest
+
+
 def losses(run_dir):
     return [history(run_dir)[s]["train/loss"] for s in sorted(history(run_dir))]
 
@@ -163,16 +173,13 @@ def test_megatron_ddp_zero0_checkpoint_resumes_exactly_and_under_deepspeed(tmp_p
     ref = tmp_path / "ref"
     assert launch(2, ref, *common)[0] == 0
     run = tmp_path / "killed"
-    launch(2, run, *common, stop_at=3, sig=signal.SIGKILL)
+    rc, _ = launch(2, run, *common, stop_at=3, sig=signal.SIGKILL)
+    assert rc != 0 and max(history(run)) < 6
     rc, out = launch(2, run, *common)
     assert rc == 0 and "resumed from" in out, out[-3000:]
     assert losses(run) == losses(ref)
     # the same checkpoint, continued by DeepSpeed ZeRO-1 over DP2 (engines share the format)
-    other = tmp_path / "zero1"
-    shutil.copytree(run, other)
-    for old in sorted((other / "checkpoints").glob("step-*"))[-2:]:  # back to step 4
-        shutil.rmtree(old)
-    (other / "checkpoints/latest").write_text("step-00000004\n")
+    other = rewound_copy(run, tmp_path / "zero1", step=4)
     rc, out = launch(2, other, *BASE, "train.steps=6", "parallel.zero_stage=1")
     assert rc == 0 and "ZeRO-0" in out and "resumed from" in out, out[-3000:]
     got, want = losses(other)[4:], losses(ref)[4:]
@@ -217,11 +224,7 @@ def test_zero3_checkpoint_resumes_exactly_and_continues_under_zero1(tmp_path, pr
     rc, out = launch(2, run, *common)
     assert rc == 0 and "ZeRO-3)" in out and "resumed from" in out, out[-3000:]
     assert losses(run) == losses(ref)
-    other = tmp_path / "zero1"
-    shutil.copytree(run, other)
-    for old in sorted((other / "checkpoints").glob("step-*"))[-2:]:  # back to step 4
-        shutil.rmtree(old)
-    (other / "checkpoints/latest").write_text("step-00000004\n")
+    other = rewound_copy(run, tmp_path / "zero1", step=4)
     rc, out = launch(2, other, *common, "parallel.zero_stage=1")
     assert rc == 0 and "resumed from" in out, out[-3000:]
     got, want = losses(other)[4:], losses(ref)[4:]
