@@ -3,7 +3,7 @@
 torchrun starts every worker in a session of its own, so signalling the launcher's process
 group reaches only torchrun: a test that "kills the job" that way leaves the ranks running
 (they finish training on their own and slow every later test). ``kill_tree`` signals the
-launcher and every descendant, collected before any of them dies and is re-parented.
+launcher and every descendant, found before any of them dies and is re-parented.
 """
 
 import signal
@@ -13,14 +13,28 @@ import psutil
 
 
 def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Signal ``pid`` and all its descendants. Each process is frozen (SIGSTOP) before its
+    children are listed, so none can fork a new one (a checkpoint writer, say) that escapes."""
+    frozen: dict[int, psutil.Process] = {}
+    todo = []
     try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
+        todo.append(psutil.Process(pid))
     except psutil.NoSuchProcess:
         return
-    for proc in procs:
+    while todo:
+        proc = todo.pop()
+        if proc.pid in frozen:
+            continue
+        try:
+            proc.suspend()
+            frozen[proc.pid] = proc
+            todo.extend(proc.children())
+        except psutil.NoSuchProcess:
+            continue
+    for proc in frozen.values():
         try:
             proc.send_signal(sig)
+            proc.resume()
         except psutil.NoSuchProcess:
             pass
 
