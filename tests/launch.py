@@ -1,15 +1,64 @@
-"""Start a launcher in its own session and kill its whole process tree afterwards.
+"""Start launchers for tests and kill everything they started afterwards.
 
-torchrun starts every worker in a session of its own, so signalling the launcher's process
-group reaches only torchrun: a test that "kills the job" that way leaves the ranks running
-(they finish training on their own and slow every later test). ``kill_tree`` signals the
-launcher and every descendant, found before any of them dies and is re-parented.
+torchrun starts every worker in a session of its own, and the workers fork checkpoint writers,
+so signalling the launcher's process group reaches only torchrun: a test that "kills the job"
+that way leaves ranks running (they finish training on their own, or hang holding the output
+pipe). ``start_job`` marks a job's processes with an environment variable every descendant
+inherits, re-parented orphans included, and ``kill_job`` freezes all of them, then kills them,
+like a node that dies. ``kill_tree`` (for ``run_group``) follows parent links instead, so
+daemons that a script started and detached (the local Slurm cluster) survive it.
 """
 
+import os
 import signal
 import subprocess
+import time
+import uuid
 
 import psutil
+
+JOB_TAG = "DIST_PRETRAIN_TEST_JOB"
+
+
+def start_job(cmd, env=None, **kwargs) -> subprocess.Popen:
+    tag = uuid.uuid4().hex
+    proc = subprocess.Popen(cmd, env={**(env if env is not None else os.environ), JOB_TAG: tag},
+                            start_new_session=True, **kwargs)
+    proc.job_tag = tag
+    return proc
+
+
+def _job_processes(tag: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get(JOB_TAG) == tag and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def kill_job(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """Stop every process of the job (SIGSTOP until no new one appears), then send ``sig``."""
+    frozen: dict[int, psutil.Process] = {}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        new = [p for p in _job_processes(proc.job_tag) if p.pid not in frozen]
+        if not new:
+            break
+        for p in new:
+            try:
+                p.suspend()
+                frozen[p.pid] = p
+            except psutil.NoSuchProcess:
+                pass
+    for p in frozen.values():
+        try:
+            p.send_signal(sig)
+            p.resume()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:

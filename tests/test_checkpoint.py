@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from dist_pretrain.checkpoint import consolidate, find_resumable, verify
-from launch import kill_tree
+from launch import kill_job, start_job
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = str(ROOT / "configs/gpt/tiny.yaml")
@@ -30,8 +30,7 @@ def launch(nproc, run_dir, *overrides, stop_at=None, sig=signal.SIGKILL, timeout
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "dist_pretrain", "train", CFG, f"run_dir={run_dir}", f"parallel.nproc={nproc}", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
+    proc = start_job(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.monotonic() + timeout
     try:
         if stop_at is not None:
@@ -39,14 +38,14 @@ def launch(nproc, run_dir, *overrides, stop_at=None, sig=signal.SIGKILL, timeout
                 if stop_at in history(run_dir):
                     time.sleep(delay)
                     if sig == signal.SIGKILL:  # the node dies: every process of the job at once
-                        kill_tree(proc.pid, sig)
+                        kill_job(proc, sig)
                     else:  # the scheduler signals the launcher, which forwards it to its ranks
                         os.killpg(proc.pid, sig)
                     break
                 time.sleep(0.05)
         out, _ = proc.communicate(timeout=max(1, deadline - time.monotonic()))
     finally:  # never leave ranks behind (a killed launcher orphans its workers)
-        kill_tree(proc.pid)
+        kill_job(proc)
     return proc.returncode, out
 
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from dist_pretrain.checkpoint import find_resumable, verify
-from launch import kill_tree
+from launch import kill_job, start_job
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = str(ROOT / "configs/gpt/tiny.yaml")
@@ -21,12 +21,11 @@ def launch(nproc, run_dir, *overrides, env=None, timeout=180):
            "-m", "dist_pretrain", "train", CFG, f"run_dir={run_dir}", f"parallel.nproc={nproc}", *COMMON,
            *overrides]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
-                            start_new_session=True)
+    proc = start_job(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env)
     try:
         out, err = proc.communicate(timeout=timeout)
     finally:  # never leave ranks behind
-        kill_tree(proc.pid)
+        kill_job(proc)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
@@ -66,8 +65,7 @@ def test_a_rank_that_stops_participating_makes_the_others_time_out(tmp_path):
            "dist_pretrain", "train", CFG, f"run_dir={run}", "parallel.nproc=2", *COMMON, "train.steps=400",
            "parallel.timeout_minutes=0.25"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+    proc = start_job(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     workers = []
     try:
         while not (run / "history.jsonl").exists() or len(_rows(run)) < 3:
@@ -79,9 +77,7 @@ def test_a_rank_that_stops_participating_makes_the_others_time_out(tmp_path):
         out, err = proc.communicate(timeout=120)
         waited = time.monotonic() - t0
     finally:  # the stopped rank too (re-parented once torchrun exits)
-        kill_tree(proc.pid)
-        for pid in workers:
-            kill_tree(int(pid))
+        kill_job(proc)
     assert proc.returncode != 0
     assert "stopped participating" in err and "parallel.timeout_minutes=0.25" in err, err[-3000:]
     assert waited < 90, waited

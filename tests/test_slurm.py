@@ -204,7 +204,7 @@ def test_preempted_job_requeues_and_resumes_to_the_same_loss(cluster, reference,
     step = int(resumed[2])
     assert signalled_at <= step < STEPS, (signalled_at, step)
     assert f"job {job} (pre) run 2 on" in text and text.count("srun exited with status 0") == 1
-    _assert_placement(_ranks(text.split(f"(pre) run 2 on")[1]), world=4, per_node=2, launcher="torchrun")
+    _assert_placement(_ranks(text.split("(pre) run 2 on")[1]), world=4, per_node=2, launcher="torchrun")
     # the checkpoint of the stop and the final one, both verified by the resume / save
     assert (run_dir / f"checkpoints/step-{step:08d}").is_dir()
     assert (run_dir / f"checkpoints/step-{STEPS:08d}").is_dir()
@@ -252,7 +252,7 @@ def test_direct_srun_mode_ranks_from_slurm(cluster, reference, tmp_path):
 def test_preprocess_under_srun_pmi2_matches_one_rank(cluster, tmp_path):
     from test_preprocess import _args, _manifest, _sha, _without_ranks
 
-    from dist_pretrain.data import demo_corpus, preprocess
+    from dist_pretrain.data import demo_corpus
 
     corpus = Path(demo_corpus.build_demo_corpus(str(tmp_path / "corpus")))
     one = tmp_path / "one"
