@@ -40,7 +40,7 @@ from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
 from torch.distributed.checkpoint.api import CheckpointException as TorchCheckpointException  # a BaseException
 
-from dist_pretrain.faults import fault_lost_checkpoint_steps
+from dist_pretrain.faults import fault_lost_checkpoint_steps, fault_slow_save_seconds, slowed
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
@@ -326,10 +326,14 @@ class Checkpointer:
             state = training_state_dict(self.trainer.engine, self.trainer.engine.model_chunks)
             rngs = _gather_rng_states()
             meta = _meta(self.trainer, step, rngs) if torch.distributed.get_rank() == 0 else None
+            slow = fault_slow_save_seconds()
             if not background:
-                dist_checkpointing.save(state, str(tmp))
+                slowed(dist_checkpointing.save, slow)(state, str(tmp))
                 return meta
-            self.queue.schedule_async_request(dist_checkpointing.save(state, str(tmp), async_sharded_save=True))
+            request = dist_checkpointing.save(state, str(tmp), async_sharded_save=True)
+            if slow:  # the forked writer is the slow one
+                request = request._replace(async_fn=slowed(request.async_fn, slow))
+            self.queue.schedule_async_request(request)
             self.writing = (step, meta)
             return meta
 

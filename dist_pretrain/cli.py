@@ -26,7 +26,7 @@ def _train(argv: list[str]) -> int:
             print(f"error: {err}", file=sys.stderr)
         return 2
     from dist_pretrain.runtime import shutdown
-    from dist_pretrain.faults import StopTraining, TrainingAborted
+    from dist_pretrain.faults import StopTraining, TrainingAborted, record_stop
 
     try:
         trainer.fit()
@@ -47,6 +47,7 @@ def _train(argv: list[str]) -> int:
     except StopTraining as stop:
         if trainer.rt.is_logging_rank:
             print(f"stopping: {stop.reason}; exit {stop.code} (requeue to resume)", flush=True)
+        record_stop(stop.code)
         shutdown()
         return stop.code
     shutdown()

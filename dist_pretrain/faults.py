@@ -3,6 +3,7 @@ for a requeue), repeated non-finite steps (abort), and NaN fault injection for d
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -31,6 +32,23 @@ def fault_lost_checkpoint_steps() -> set[int]:
     return _fault_steps("DIST_PRETRAIN_FAULT_LOSE_CHECKPOINT_STEPS")
 
 
+def fault_slow_save_seconds() -> float:
+    """DIST_PRETRAIN_FAULT_SLOW_SAVE_S=3: every checkpoint write takes 3 s longer (slow storage),
+    in the rank for a blocking save and in the forked writer for a background one, so drills
+    can land a signal while a save is under way."""
+    return float(os.environ.get("DIST_PRETRAIN_FAULT_SLOW_SAVE_S") or 0)
+
+
+def slowed(fn, seconds: float):
+    """``fn`` preceded by ``seconds`` of sleep (see ``fault_slow_save_seconds``)."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        time.sleep(seconds)
+        return fn(*args, **kwargs)
+
+    return run
+
+
 def poisoned(forward_step):
     def step(data_iterator, model):
         output, loss_func = forward_step(data_iterator, model)
@@ -45,12 +63,47 @@ def poisoned(forward_step):
     return step
 
 
+def _ignore_signals(names: tuple[str, ...], worker_id: int) -> None:
+    for name in names:
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
+def loader_worker_init(names: list[str]):
+    """A DataLoader ``worker_init_fn`` that makes the stop signals harmless in loader workers.
+
+    Launchers signal whole process groups (torch's elastic agent ``killpg``s each worker) and
+    Slurm signals every process of a step, so the loader workers get the SIGTERM meant for the
+    trainer too. torch's workers die on it (their C handler re-raises SIGTERM from anyone but
+    the parent), and the rank's DataLoader then raises before the step boundary where the
+    trainer would save. Ignoring the signals leaves the shutdown to the rank: the workers end
+    when the rank closes its loaders or, if the rank is killed, when their watchdog sees the
+    parent gone. (SIG_IGN is inherited by anything a worker forks.)
+    """
+    return functools.partial(_ignore_signals, tuple(names))
+
+
 class StopTraining(SystemExit):
     """Leave training after a stop signal or time limit, with the exit status for requeueing."""
 
     def __init__(self, code: int, reason: str):
         super().__init__(code)
         self.reason = reason
+
+
+STOP_FILE_ENV = "DIST_PRETRAIN_REQUEUE_FILE"
+
+
+def record_stop(code: int) -> None:
+    """Write ``code`` to the file named by ``$DIST_PRETRAIN_REQUEUE_FILE`` (if set) after a stop
+    with a checkpoint. torchrun turns a worker's exit status into its own 1, and Slurm's
+    ``srun`` into whatever the first task returned, so launchers (``dist_pretrain.torchrun``,
+    ``slurm/pretrain.sbatch``) learn from this file that the run stopped to be resumed."""
+    path = os.environ.get(STOP_FILE_ENV)
+    if path:
+        tmp = f"{path}.{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(f"{code}\n")
+        os.replace(tmp, path)  # ranks write the same file: each write is whole
 
 
 class StopSignals:

@@ -24,5 +24,10 @@ fi
 # one intra-op thread per core share, unless the caller decided
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( $(nproc) / nproc > 0 ? $(nproc) / nproc : 1 ))}"
 export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}"
-exec "$py" -m torch.distributed.run --standalone --nproc-per-node "$nproc" \
+# torchrun (dist_pretrain.torchrun: torchrun with a meaningful exit status) forwards these
+# signals to the ranks, which save at the next step boundary; it waits up to
+# TORCHRUN_SHUTDOWN_TIMEOUT s (100) for them, then exits with checkpoint.exit_code (99).
+exec "$py" -m dist_pretrain.torchrun --standalone --nproc-per-node "$nproc" \
+  --signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 \
+  --shutdown-timeout="${TORCHRUN_SHUTDOWN_TIMEOUT:-100}" \
   -m dist_pretrain train "$config" parallel.nproc="$nproc" ${overrides[@]+"${overrides[@]}"}

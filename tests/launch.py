@@ -28,7 +28,8 @@ def start_job(cmd, env=None, **kwargs) -> subprocess.Popen:
     return proc
 
 
-def _job_processes(tag: str) -> list[psutil.Process]:
+def job_processes(tag: str) -> list[psutil.Process]:
+    """Every live process of the job started with tag ``tag`` (orphans included)."""
     found = []
     for proc in psutil.process_iter():
         try:
@@ -44,7 +45,7 @@ def kill_job(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     frozen: dict[int, psutil.Process] = {}
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        new = [p for p in _job_processes(proc.job_tag) if p.pid not in frozen]
+        new = [p for p in job_processes(proc.job_tag) if p.pid not in frozen]
         if not new:
             break
         for p in new:
@@ -59,6 +60,19 @@ def kill_job(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
             p.resume()
         except psutil.NoSuchProcess:
             pass
+
+
+def signal_job(proc: subprocess.Popen, sig: int) -> list[str]:
+    """Send ``sig`` to every process of the job at once (as Slurm signals every process of a
+    step): launcher, ranks, loader workers, checkpoint writers. Returns their names."""
+    names = []
+    for p in job_processes(proc.job_tag):
+        try:
+            p.send_signal(sig)
+            names.append(p.name())
+        except psutil.NoSuchProcess:
+            pass
+    return names
 
 
 def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:

@@ -92,8 +92,9 @@ class LMLoader:
 
 
 def build_lm_loader(data_dir: str, split: str, micro_batch_size: int, dp_rank: int, dp_size: int,
-                    num_workers: int = 1) -> LMLoader:
-    """Every sample of ``split`` once, this data-parallel rank's share (see module docstring)."""
+                    num_workers: int = 1, worker_init_fn=None) -> LMLoader:
+    """Every sample of ``split`` once, this data-parallel rank's share (see module docstring).
+    ``worker_init_fn`` runs in each DataLoader worker (see ``faults.loader_worker_init``)."""
     if not 0 <= dp_rank < dp_size:
         raise ValueError(f"dp_rank={dp_rank} must be in [0, dp_size={dp_size})")
     manifest = read_manifest(data_dir)
@@ -115,5 +116,5 @@ def build_lm_loader(data_dir: str, split: str, micro_batch_size: int, dp_rank: i
         num_samples = sum(s["samples"] for s in shards[dp_rank::dp_size])
     stages += [wds.map(_decode), wds.batched(micro_batch_size, collation_fn=_collate, partial=True)]
     loader = DataLoader(wds.DataPipeline(*stages), batch_size=None, num_workers=num_workers,
-                        pin_memory=torch.cuda.is_available())
+                        pin_memory=torch.cuda.is_available(), worker_init_fn=worker_init_fn)
     return LMLoader(loader, manifest["seq_len"], num_samples, manifest)

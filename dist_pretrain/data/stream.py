@@ -263,7 +263,7 @@ class TrainStream:
     def __init__(self, sources: list[Source], global_batch_size: int, micro_batch_size: int,
                  dp_rank: int, dp_size: int, seed: int, num_workers: int = 1,
                  shuffle_buffer: int = 256, on_corrupt: str = "skip", start_step: int = 0,
-                 transform: Callable = lm_sample):
+                 transform: Callable = lm_sample, worker_init_fn: Callable | None = None):
         if global_batch_size % dp_size or (global_batch_size // dp_size) % micro_batch_size:
             raise ValueError(f"global batch {global_batch_size} must split into {dp_size} ranks x "
                              f"micro-batches of {micro_batch_size}")
@@ -274,7 +274,8 @@ class TrainStream:
         self.seed, self.global_batch_size, self.sources = seed, global_batch_size, sources
         workers = max(1, min(num_workers, per_rank))
         dataset = _RankStreams(sources, streams, seed, start_step, shuffle_buffer, on_corrupt, transform)
-        loader = DataLoader(dataset, batch_size=None, num_workers=num_workers and workers)
+        loader = DataLoader(dataset, batch_size=None, num_workers=num_workers and workers,
+                            worker_init_fn=worker_init_fn)
         self._progress = _Progress(start_step, [])
         self._batches = _micro_batches(loader, workers, micro_batch_size, self._progress)
 
@@ -307,10 +308,13 @@ class TrainStream:
 def build_train_stream(blend: list[tuple[str, float]], global_batch_size: int, micro_batch_size: int,
                        dp_rank: int, dp_size: int, seed: int, num_workers: int = 1,
                        shuffle_buffer: int = 256, on_corrupt: str = "skip",
-                       start_step: int = 0, transform: Callable = lm_sample) -> TrainStream:
+                       start_step: int = 0, transform: Callable = lm_sample,
+                       worker_init_fn: Callable | None = None) -> TrainStream:
     """The training stream over one dataset or a weighted blend ``[(path, weight), ...]``.
 
-    ``transform(fields, rng)`` makes the model's fixed-shape arrays from a raw sample."""
+    ``transform(fields, rng)`` makes the model's fixed-shape arrays from a raw sample;
+    ``worker_init_fn`` runs in each DataLoader worker (the trainer's makes stop signals
+    harmless there, see ``faults.loader_worker_init``)."""
     sources = [load_source(path, weight) for path, weight in blend]
     return TrainStream(sources, global_batch_size, micro_batch_size, dp_rank, dp_size, seed,
-                       num_workers, shuffle_buffer, on_corrupt, start_step, transform)
+                       num_workers, shuffle_buffer, on_corrupt, start_step, transform, worker_init_fn)

@@ -58,6 +58,7 @@ def family_batches(cfg: Config, split: str, dp_rank: int, dp_size: int, micro_ba
     from functools import partial
 
     from dist_pretrain.data.synthetic import synthetic_batches
+    from dist_pretrain.faults import loader_worker_init
 
     if cfg.data.synthetic:
         seed = seed + (0 if split == "train" else 1)
@@ -70,12 +71,14 @@ def family_batches(cfg: Config, split: str, dp_rank: int, dp_size: int, micro_ba
             cfg.data.sources(), cfg.train.global_batch_size, micro_batch_size, dp_rank, dp_size, seed,
             num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer,
             on_corrupt=cfg.data.on_corrupt, start_step=start_step, transform=transform,
+            worker_init_fn=loader_worker_init(cfg.checkpoint.signals),
         )
     from dist_pretrain.data.loader import build_lm_loader
 
     loader = build_lm_loader(cfg.data.valid_path or cfg.data.sources()[0][0], "valid",
                              micro_batch_size=1, dp_rank=dp_rank, dp_size=dp_size,
-                             num_workers=cfg.data.num_workers)
+                             num_workers=cfg.data.num_workers,
+                             worker_init_fn=loader_worker_init(cfg.checkpoint.signals))
     return _validation_batches(loader, micro_batch_size, transform, seed)
 
 
