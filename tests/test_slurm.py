@@ -32,11 +32,17 @@ from launch import run_group
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "slurm/local_cluster.sh"
-CFG = str(ROOT / "configs/gpt/tiny.yaml")
+TINY = str(ROOT / "configs/gpt/tiny.yaml")  # synthetic tokens
+CFG = str(ROOT / "configs/gpt/demo.yaml")  # the shipped demo: real shards, loader workers, validation
 STEPS = 20
-# the same run for the reference and the preempted job: TP2 x DP2 over 2 nodes x 2 workers
-TRAIN = [f"train.steps={STEPS}", "parallel.tensor=2", "train.threads=1", "monitor.peak_tflops=1",
-         f"checkpoint.interval={STEPS}", "train.log_interval=5"]
+# the same run for the reference and the preempted job: the demo config (TP2) shrunk, TP2 x DP2
+# over 2 nodes x 2 workers, on real shards (fixture ``real_lm_shards``) read by 2 loader workers
+# per rank, validation every 5 steps
+SMALL = ["model.num_layers=2", "model.hidden_size=64", "model.num_attention_heads=4", "model.seq_length=32",
+         "train.micro_batch_size=2", "train.global_batch_size=8", "train.warmup_steps=2", "train.eval_interval=5",
+         "train.eval_steps=2", "data.num_workers=2", "train.threads=1", "monitor.peak_tflops=1"]
+TRAIN = [f"train.steps={STEPS}", "parallel.tensor=2", f"checkpoint.interval={STEPS}", "train.log_interval=5",
+         *SMALL]
 JOB_TIMEOUT = 240
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
          "DEADLINE", "PREEMPTED"}
@@ -147,11 +153,11 @@ def _assert_placement(ranks: list[dict], world: int, per_node: int, launcher: st
 
 
 @pytest.fixture(scope="module")
-def reference(cluster, tmp_path_factory):
+def reference(cluster, real_lm_shards, tmp_path_factory):
     """The uninterrupted job: 2 nodes x 2 torchrun workers, TP2 x DP2."""
     work = tmp_path_factory.mktemp("torchrun")
     job = cluster.submit(work, "--nodes=2", "--job-name=ref", str(ROOT / "slurm/pretrain.sbatch"), CFG,
-                         *TRAIN, env={"NPROC_PER_NODE": "2"})
+                         *TRAIN, f"data.path={real_lm_shards}", env={"NPROC_PER_NODE": "2"})
     log = work / f"logs/ref_{job}.out"
     info = cluster.wait(job, log)
     return work, job, log, info
@@ -176,10 +182,10 @@ def test_torchrun_two_nodes_tp2_dp2(reference):
     assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, STEPS + 1))
 
 
-def test_preempted_job_requeues_and_resumes_to_the_same_loss(cluster, reference, tmp_path):
+def test_preempted_job_requeues_and_resumes_to_the_same_loss(cluster, reference, real_lm_shards, tmp_path):
     work = tmp_path
     job = cluster.submit(work, "--nodes=2", "--job-name=pre", str(ROOT / "slurm/pretrain.sbatch"), CFG,
-                         *TRAIN, env={"NPROC_PER_NODE": "2"})
+                         *TRAIN, f"data.path={real_lm_shards}", env={"NPROC_PER_NODE": "2"})
     log, run_dir = work / f"logs/pre_{job}.out", work / "runs/pre"
     deadline = time.monotonic() + JOB_TIMEOUT
     while len(_history(run_dir)) < 2:  # training is under way
@@ -199,6 +205,7 @@ def test_preempted_job_requeues_and_resumes_to_the_same_loss(cluster, reference,
     # "(SIGTERM)", or "(on another rank)" when rank 0 got its signal after the others agreed
     assert re.search(r"stopping: stop signal \((SIGTERM|on another rank)\)", text), _tail(log)
     assert "requeueing job" in text, _tail(log)
+    assert "DataLoader worker" not in text and "Traceback" not in text, _tail(log)  # the workers got it too
     resumed = re.search(r"resumed from \S+step-(\d+) \(step (\d+);", text)
     assert resumed, _tail(log)
     step = int(resumed[2])
@@ -214,11 +221,13 @@ def test_preempted_job_requeues_and_resumes_to_the_same_loss(cluster, reference,
     ref_loss, got_loss = [ref[s]["train/loss"] for s in sorted(ref)], [got[s]["train/loss"] for s in sorted(got)]
     print(f"final loss: preempted+resumed {got_loss[-1]!r}, uninterrupted {ref_loss[-1]!r}")
     assert all(abs(g - r) <= 1e-6 * abs(r) for g, r in zip(got_loss, ref_loss)), (got_loss, ref_loss)
+    # validation after the resume measures the same samples with the same weights
+    assert got[STEPS]["val/loss"] == ref[STEPS]["val/loss"], (got[STEPS], ref[STEPS])
 
 
 def test_scancel_ends_the_job_without_requeue(cluster, tmp_path):
     """A user's scancel also makes the trainer save and exit 99, but the job must stay cancelled."""
-    job = cluster.submit(tmp_path, "--nodes=2", "--job-name=cancel", str(ROOT / "slurm/pretrain.sbatch"), CFG,
+    job = cluster.submit(tmp_path, "--nodes=2", "--job-name=cancel", str(ROOT / "slurm/pretrain.sbatch"), TINY,
                          "train.steps=5000", "parallel.tensor=2", "train.threads=1", "monitor.peak_tflops=1",
                          "train.log_interval=100", env={"NPROC_PER_NODE": "1"})
     log, run_dir = tmp_path / f"logs/cancel_{job}.out", tmp_path / "runs/cancel"
@@ -233,11 +242,11 @@ def test_scancel_ends_the_job_without_requeue(cluster, tmp_path):
     assert "not requeueing" in text and "run 2 on" not in text, _tail(log)
 
 
-def test_direct_srun_mode_ranks_from_slurm(cluster, reference, tmp_path):
+def test_direct_srun_mode_ranks_from_slurm(cluster, reference, real_lm_shards, tmp_path):
     """LAUNCH=srun: Slurm starts the 2 ranks (one per node), no torchrun."""
     job = cluster.submit(tmp_path, "--nodes=2", "--ntasks-per-node=1", "--job-name=direct",
-                         str(ROOT / "slurm/pretrain.sbatch"), CFG, "train.steps=2", "parallel.tensor=2",
-                         "train.threads=1", "monitor.peak_tflops=1", env={"LAUNCH": "srun"})
+                         str(ROOT / "slurm/pretrain.sbatch"), CFG, *SMALL, "train.steps=2", "parallel.tensor=2",
+                         f"data.path={real_lm_shards}", env={"LAUNCH": "srun"})
     log = tmp_path / f"logs/direct_{job}.out"
     info = cluster.wait(job, log)
     text = log.read_text()
