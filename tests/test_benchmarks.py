@@ -1,4 +1,4 @@
-"""Benchmark formulas against hand counts on a tiny config, the GPU plan without a GPU, and
+"""Benchmark formulas against hand counts and torch's FLOP counter on a tiny config, the GPU plan without a GPU, and
 one ``--smoke`` run of every CPU benchmark (tiny sizes: it proves they still execute)."""
 
 import subprocess
@@ -38,12 +38,27 @@ def test_gpt_params_hand_count():
     assert sum(p.numel() for p in NanoGPT(TINY).parameters()) == total
 
 
-def test_six_n_and_megatron_flops_hand_count():
-    n = 1872 - 4 * 8                  # without the position embedding
-    attention = 12 * 2 * 8 * 4        # 12 l h s
-    assert six_n_flops_per_token(TINY) == 6 * n + attention == 11040 + 768
-    # Megatron: 3 x [2 x (QKV 384 + scores 64 + values 64 + proj 128 + MLP 1024) + logits 160]
-    assert megatron_flops_per_token(TINY) == 3 * (2 * (384 + 64 + 64 + 128 + 512 + 512) + 160) == 10464
+def counted_flops_per_token(model: torch.nn.Module, size: GPTSize) -> float:
+    """Forward + backward FLOPs of one batch as torch's FlopCounterMode counts the matmuls that
+    actually run (SDPA on its math kernel, whose bmm's the counter sees), per token."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    idx = torch.randint(0, size.vocab, (size.micro_batch, size.seq))
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        logits = model(idx)
+        torch.nn.functional.cross_entropy(logits.flatten(0, 1), idx.flatten()).backward()
+    return counter.get_total_flops() / (size.micro_batch * size.seq)
+
+
+def test_flops_formulas_against_torch_flop_counter():
+    """Megatron's count (3 x forward, full s x s attention) equals what the peer's forward and
+    backward execute; 6N + 12lhs also counts LayerNorm/bias parameters as if they were matmul
+    weights, so it is a little above."""
+    size = GPTSize(layers=2, hidden=32, heads=4, seq=16, vocab=100, micro_batch=2)
+    counted = counted_flops_per_token(NanoGPT(size), size)
+    assert megatron_flops_per_token(size) == pytest.approx(counted, rel=1e-9)
+    assert 1.0 < six_n_flops_per_token(size) / counted < 1.05
 
 
 def test_hf_gpt2_has_the_same_parameters():

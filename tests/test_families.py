@@ -1,14 +1,9 @@
 """BERT and T5 models: final norms present, attention directions (T5 decoder causal, encoders
-bidirectional), FLOPs formulas against hand counts."""
+bidirectional). Their FLOPs formulas are checked in tests/test_flops.py."""
 
 import subprocess
 import sys
 import textwrap
-
-import pytest
-
-from dist_pretrain.families.gpt import lm_flops_per_token
-from dist_pretrain.families.t5 import t5_flops_per_sample
 
 
 def _run(code: str) -> str:
@@ -67,27 +62,3 @@ def test_bert_is_bidirectional_and_respects_padding():
         assert torch.equal(logits(ids3)[0, :28], base[0, :28]), "padding leaked into real positions"
         print("ok")
     """)
-
-
-def test_bert_flops_hand_count():
-    from dist_pretrain.config import load_config
-    from dist_pretrain.families.bert import BertFamily
-
-    cfg = load_config(None, ["family=bert", "data.synthetic=true", "model.num_layers=2", "model.hidden_size=8",
-                             "model.num_attention_heads=2", "model.seq_length=4", "model.ffn_hidden_size=32"])
-    l, h, f, s, v = 2, 8, 32, 4, 10
-    per_layer = 6 * h * h + 4 * s * h + 2 * h * h + 4 * h * f   # qkv, attention, proj, mlp (forward)
-    per_token = l * per_layer + 2 * h * h + 2 * h * v            # + MLM head dense + logits
-    assert BertFamily().flops_per_sample(cfg, v) == pytest.approx(3 * s * per_token)
-    assert lm_flops_per_token(l, h, f, s, v) == 3 * (l * per_layer + 2 * h * v)
-
-
-def test_t5_flops_hand_count():
-    le, ld, h, f, se, sd, v = 2, 3, 8, 32, 6, 4, 10
-    enc_token = 6 * h * h + 4 * se * h + 2 * h * h + 4 * h * f
-    dec_token = (6 * h * h + 4 * sd * h + 2 * h * h          # causal self-attention (counted full)
-                 + 2 * h * h + 4 * se * h + 2 * h * h        # cross-attention: q, scores+values, out
-                 + 4 * h * f)                                # mlp
-    kv_over_encoder = 4 * h * h                              # cross-attention k, v per encoder token
-    forward = se * le * enc_token + ld * (sd * dec_token + se * kv_over_encoder) + sd * 2 * h * v
-    assert t5_flops_per_sample(le, ld, h, f, se, sd, v) == pytest.approx(3 * forward)

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
+from launch import job_processes, kill_job, signal_job, start_job
 
 from dist_pretrain.checkpoint import find_resumable, verify
-from launch import job_processes, kill_job, signal_job, start_job
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 12

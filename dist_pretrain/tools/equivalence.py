@@ -71,25 +71,30 @@ for _family in ("bert", "t5"):
 # --------------------------------------------------------------------------- worker (torchrun)
 
 
-def _tp_replicated_max_diff(trainer) -> float:
-    """Largest difference of a TP-replicated parameter between tensor-parallel ranks."""
+def _tp_replicated_check(trainer) -> dict | None:
+    """Largest difference of a TP-replicated parameter between tensor-parallel ranks, and how
+    many such parameters were compared; None where there is nothing to compare (TP = 1)."""
     import torch
     from megatron.core import parallel_state
 
     group = parallel_state.get_tensor_model_parallel_group()
     tp = parallel_state.get_tensor_model_parallel_world_size()
+    if tp == 1:
+        return None
     worst = torch.zeros(1, dtype=torch.float64)
-    if tp > 1:
-        for chunk in trainer.engine.model_chunks:
-            for p in chunk.module.parameters():
-                if getattr(p, "tensor_model_parallel", False):
-                    continue
-                gathered = [torch.empty_like(p) for _ in range(tp)]
-                torch.distributed.all_gather(gathered, p.detach().contiguous(), group=group)
-                for g in gathered[1:]:
-                    worst = torch.maximum(worst, (g - gathered[0]).abs().max().double().reshape(1))
+    compared = torch.zeros(1, dtype=torch.float64)
+    for chunk in trainer.engine.model_chunks:
+        for p in chunk.module.parameters():
+            if getattr(p, "tensor_model_parallel", False):
+                continue
+            gathered = [torch.empty_like(p) for _ in range(tp)]
+            torch.distributed.all_gather(gathered, p.detach().contiguous(), group=group)
+            compared += 1
+            for g in gathered[1:]:
+                worst = torch.maximum(worst, (g - gathered[0]).abs().max().double().reshape(1))
     torch.distributed.all_reduce(worst, op=torch.distributed.ReduceOp.MAX)
-    return float(worst)
+    torch.distributed.all_reduce(compared, op=torch.distributed.ReduceOp.MIN)
+    return {"max_diff": float(worst), "params": int(compared)}
 
 
 def _groups_seen(trainer) -> dict:
@@ -131,7 +136,7 @@ def worker(cases: list[dict], out: str, steps: int) -> None:
         results[case["name"]] = {
             "loss": [h["train/loss"] for h in history],
             "grad_norm": [h["train/grad_norm"] for h in history],
-            "tp_replicated_max_diff": _tp_replicated_max_diff(trainer),
+            "tp_replicated": _tp_replicated_check(trainer),
             "groups": _groups_seen(trainer),
         }
         torch.distributed.barrier()
@@ -180,10 +185,11 @@ def table(layouts: dict, refs: dict, results: dict, rtol: float) -> tuple[str, b
     for name, (world, variant, _) in layouts.items():
         r, ref = results[name], refs[variant]
         dl, dg = rel_dev(r["loss"], ref["loss"]), rel_dev(r["grad_norm"], ref["grad_norm"])
-        ok = dl <= rtol and dg <= rtol and r["tp_replicated_max_diff"] == 0.0
+        replicas = r["tp_replicated"]
+        ok = dl <= rtol and dg <= rtol and (replicas is None or replicas["max_diff"] == 0.0)
         all_ok &= ok
-        lines.append(f"| {name} | {world} | {dl:.2e} | {dg:.2e} | {r['tp_replicated_max_diff']:.1e} | "
-                     f"{'yes' if ok else 'NO'} |")
+        shown = "n/a (TP 1)" if replicas is None else f"{replicas['max_diff']:.1e} ({replicas['params']} params)"
+        lines.append(f"| {name} | {world} | {dl:.2e} | {dg:.2e} | {shown} | {'yes' if ok else 'NO'} |")
     return "\n".join(lines), all_ok
 
 
