@@ -62,7 +62,6 @@ def test_flops_formulas_against_torch_flop_counter():
 
 
 def test_hf_gpt2_has_the_same_parameters():
-    pytest.importorskip("transformers", reason="the bench extra (transformers) is not installed")
     from benchmarks.peers import hf_gpt2
 
     assert sum(p.numel() for p in hf_gpt2(TINY).parameters()) == gpt_params(2, 8, 32, 10, 4)

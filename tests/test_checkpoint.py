@@ -62,13 +62,24 @@ def history(run_dir) -> dict[int, dict]:
 
 
 def rewound_copy(run: Path, dest: Path, step: int) -> Path:
-    """A copy of ``run`` whose newest checkpoint is ``step`` (the later ones deleted)."""
+    """A copy of ``run`` as it stood after ``step``: the later checkpoints deleted and the
+    history cut there, so every later row is one the continuation writes itself."""
     shutil.copytree(run, dest)
     for s, path in [(int(p.name.split("-")[1]), p) for p in (dest / "checkpoints").glob("step-*")]:
         if s > step:
             shutil.rmtree(path)
     (dest / "checkpoints/latest").write_text(f"step-{step:08d}\n")
+    rows = [line for line in (dest / "history.jsonl").read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= step]
+    (dest / "history.jsonl").write_text("".join(row + "\n" for row in rows))
+    (dest / "history.json").unlink(missing_ok=True)
     return dest
+
+
+def assert_resumed(out: str, run_dir: Path, step: int, steps: int) -> None:
+    """The continuation resumed from ``step``'s checkpoint and wrote every later step's row."""
+    assert f"resumed from {run_dir}/checkpoints/step-{step:08d} (step {step};" in out, out[-3000:]
+    assert sorted(history(run_dir)) == list(range(1, steps + 1))
 
 
 def losses(run_dir):
@@ -123,6 +134,7 @@ def test_reshard_tp2xpp2_checkpoint_to_one_process_and_to_dp2_zero2(tmp_path):
         shutil.copytree(saved, run)
         rc, out = launch(nproc, run, *common, *layout)
         assert rc == 0 and "saved at TP 2 PP 2" in out, out[-3000:]
+        assert_resumed(out, run, 3, 6)
         got, want = losses(run)[3:], losses(ref)[3:]
         assert len(got) == 3
         assert all(abs(g - w) <= 1e-5 * abs(w) for g, w in zip(got, want)), (nproc, got, want)
@@ -180,7 +192,8 @@ def test_megatron_ddp_zero0_checkpoint_resumes_exactly_and_under_deepspeed(tmp_p
     # the same checkpoint, continued by DeepSpeed ZeRO-1 over DP2 (engines share the format)
     other = rewound_copy(run, tmp_path / "zero1", step=4)
     rc, out = launch(2, other, *BASE, "train.steps=6", "parallel.zero_stage=1")
-    assert rc == 0 and "ZeRO-0" in out and "resumed from" in out, out[-3000:]
+    assert rc == 0 and "ZeRO-0" in out, out[-3000:]
+    assert_resumed(out, other, 4, 6)
     got, want = losses(other)[4:], losses(ref)[4:]
     assert all(abs(g - w) <= 1e-5 * abs(w) for g, w in zip(got, want)), (got, want)
 
@@ -225,7 +238,8 @@ def test_zero3_checkpoint_resumes_exactly_and_continues_under_zero1(tmp_path, pr
     assert losses(run) == losses(ref)
     other = rewound_copy(run, tmp_path / "zero1", step=4)
     rc, out = launch(2, other, *common, "parallel.zero_stage=1")
-    assert rc == 0 and "resumed from" in out, out[-3000:]
+    assert rc == 0, out[-3000:]
+    assert_resumed(out, other, 4, 6)
     got, want = losses(other)[4:], losses(ref)[4:]
     tol = 1e-5 if precision == "fp32" else 1e-2  # bf16: ZeRO-1 and -3 round gradients differently
     assert len(got) == 2 and all(abs(g - w) <= tol * abs(w) for g, w in zip(got, want)), (got, want)

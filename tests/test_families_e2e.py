@@ -44,6 +44,10 @@ def _train(config, data, run_dir, *extra):
     return proc.stdout, {t: [e.value for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
 
 
+def _mean(values):
+    return sum(values) / len(values)
+
+
 @pytest.mark.parametrize("layout", [
     ["parallel.tensor=2", "objective.next_sentence_prediction=true"],
     ["parallel.tensor=1", "parallel.pipeline=2", "objective.whole_word_masking=true"],
@@ -54,11 +58,20 @@ def test_bert_masked_lm_on_real_text(docs, tmp_path, layout):
     assert loss[0] > 9.0 and loss[-1] < loss[0] - 0.5, loss   # ~ln(30522) at the start
     for tag in ["train/mlm_accuracy", "val/mlm_accuracy", "val/loss", "throughput/mfu"]:
         assert tag in scalars and all(math.isfinite(v) for v in scalars[tag]), tag
-    assert 0.0 <= scalars["train/mlm_accuracy"][-1] <= 1.0
+    # masked-token accuracy starts at 0 (chance is 1/30522) and rises as the model learns the
+    # frequent words: measured 0.0, 0.0 at steps 1-2, 0.02-0.10 over steps 6-10, 0.03-0.04 on
+    # validation
+    mlm = scalars["train/mlm_accuracy"]
+    assert max(mlm[:2]) < 0.01 and _mean(mlm[-5:]) > 0.01 and _mean(mlm[-5:]) > 2 * max(mlm[:2]), mlm
+    assert scalars["val/mlm_accuracy"][-1] > 0.01, scalars["val/mlm_accuracy"]
     assert "mlm_accuracy" in out
     if "objective.next_sentence_prediction=true" in layout:  # binary head trained and logged
-        assert all(0.0 <= a <= 1.0 for a in scalars["train/nsp_accuracy"])
-        assert all(math.isfinite(v) for v in scalars["train/nsp_loss"])
+        # 10 steps do not teach NSP (it stays near chance, 0.5, in Devlin et al. too until
+        # far later); what can be checked is that both classes are scored (not stuck at 0 or 1)
+        # and that the head starts at ln 2
+        nsp = scalars["train/nsp_accuracy"]
+        assert 0.3 <= _mean(nsp) <= 0.7 and len(set(nsp)) > 1, nsp
+        assert abs(scalars["train/nsp_loss"][0] - math.log(2)) < 0.05, scalars["train/nsp_loss"]
 
 
 def test_t5_span_corruption_on_real_text_encoder_and_decoder_stages(docs, tmp_path):
@@ -68,6 +81,11 @@ def test_t5_span_corruption_on_real_text_encoder_and_decoder_stages(docs, tmp_pa
     assert loss[-1] < loss[0] - 0.5, loss
     for tag in ["train/span_accuracy", "val/span_accuracy", "val/perplexity"]:
         assert tag in scalars and all(math.isfinite(v) for v in scalars[tag]), tag
+    # target-token accuracy starts near 0 (chance 1/2000) and rises as the decoder learns the
+    # sentinel structure: measured 0.0 at step 1, ~0.30 from step 4, 0.30 on validation
+    span = scalars["train/span_accuracy"]
+    assert span[0] < 0.05 and _mean(span[-5:]) > 0.15, span
+    assert scalars["val/span_accuracy"][-1] > 0.15, scalars["val/span_accuracy"]
 
 
 def test_wrong_data_format_for_the_family_is_an_early_error(docs):

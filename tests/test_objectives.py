@@ -16,9 +16,10 @@ import torch
 from dist_pretrain.data.demo_corpus import build_demo_corpus
 from dist_pretrain.data.preprocess import segment_document
 from dist_pretrain.data.sentences import split_sentences
+from dist_pretrain.data.stream import stack
 from dist_pretrain.data.tokenizer import load_tokenizer
-from dist_pretrain.objectives import (MLMConfig, SpanConfig, bert_example, collate_bert,
-                                      collate_t5, corrupt, random_spans_noise_mask, t5_example,
+from dist_pretrain.objectives import (MLMConfig, SpanConfig, bert_example,
+                                      corrupt, random_spans_noise_mask, t5_example,
                                       t5_lengths, t5_raw_length, truncate_seq_pair,
                                       wordpiece_continuation_mask)
 
@@ -220,7 +221,7 @@ def test_whole_word_masking(samples, bert):
     assert abs(n_sel / n_cand - 0.15) < 0.01, n_sel / n_cand
 
 
-def test_bert_deterministic_and_collate(samples, bert):
+def test_bert_deterministic_and_stacked(samples, bert):
     sp, v = bert.special_ids, bert.vocab_size
     cfg = MLMConfig(nsp=True)
     picks = list(range(0, 40))
@@ -234,7 +235,7 @@ def test_bert_deterministic_and_collate(samples, bert):
         assert all(np.array_equal(x[k], y[k]) for k in x)
     other_seed = bert_example(*samples[0], SEQ_LEN, sp, v, _rng(10**6), cfg, other=samples[1000])
     assert not np.array_equal(other_seed["tokens"], first[0]["tokens"])
-    batch = collate_bert(first[:8])
+    batch = stack(first[:8])  # what training batches them with
     for k in ("tokens", "token_types", "padding_mask", "labels"):
         assert batch[k].dtype == torch.long and batch[k].shape == (8, SEQ_LEN)
     assert batch["loss_mask"].dtype == torch.float32 and batch["loss_mask"].shape == (8, SEQ_LEN)
@@ -375,7 +376,7 @@ def test_t5_example():
     assert not all(np.array_equal(a[k], c[k]) for k in a)
     with pytest.raises(ValueError, match="sentinel"):
         t5_example(np.arange(100, 700), 512, 200, sentinels[:10], sp, _rng(0), cfg)
-    batch = collate_t5([a, b, c])
+    batch = stack([a, b, c])  # what training batches them with
     for k in ("enc_tokens", "enc_mask"):
         assert batch[k].dtype == torch.long and batch[k].shape == (3, enc_len)
     for k in ("dec_input", "labels", "dec_mask"):

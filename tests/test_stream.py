@@ -84,13 +84,23 @@ def test_same_seed_same_stream_other_seed_differs(datasets):
     assert _keys(_run(blend, 3)[0]) != _keys(_run(blend, 3, seed=8)[0])
 
 
-def test_blend_proportions_within_one_percent_over_10k_samples(datasets):
+def test_blend_matches_the_weights_to_a_few_samples(datasets):
+    """The promise of README and data/stream.py: each sub-stream's dataset choices follow a Weyl
+    sequence, so over every prefix of every sub-stream the count of dataset A is within a
+    few samples of weight x length (measured worst: 2.2 over 1,250 positions), and the whole
+    10,000 within a few per sub-stream (measured: 0). An i.i.d. draw would be off by ~46
+    (one standard deviation) over 10,000 samples and ~16 per sub-stream."""
     blend = [(datasets["a"], 0.7), (datasets["b"], 0.3)]
     batches, _ = _run(blend, 10_000 // G, workers=0, shuffle_buffer=8)
-    counts = Counter(s for b in batches for s in b["sources"])
-    total = sum(counts.values())
-    assert total == 10_000
-    assert abs(counts[0] / total - 0.7) < 0.01 and abs(counts[1] / total - 0.3) < 0.01, counts
+    flat = [s for b in batches for s in b["sources"]]  # global order: sub-stream j is every G-th from j
+    assert len(flat) == 10_000
+    for j in range(G):
+        count = 0
+        for position, source in enumerate(flat[j::G], start=1):
+            count += source == 0
+            assert abs(count - 0.7 * position) <= 3, (j, position, count)
+    counts = Counter(flat)
+    assert abs(counts[0] - 7_000) <= G and abs(counts[1] - 3_000) <= G, counts
     # and the samples really come from the dataset they are attributed to
     a_keys = {k for b in batches for k, s in zip(b["keys"], b["sources"]) if s == 0}
     b_keys = {k for b in batches for k, s in zip(b["keys"], b["sources"]) if s == 1}

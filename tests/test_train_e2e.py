@@ -3,12 +3,15 @@ training through launchers/torchrun.sh -> TensorBoard scalars read back from dis
 
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from launch import run_group
+
+from dist_pretrain.families.gpt import lm_flops_per_token
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +65,18 @@ def test_demo_config_trains_and_logs(shards, tmp_path, layout):
     assert loss[0] > 10.0 and loss[-1] < loss[0] - 0.5, loss  # GPT-2 vocab: starts near ln(50304)
     for val, ppl in zip(scalars["val/loss"], scalars["val/perplexity"]):
         assert ppl == pytest.approx(math.exp(val), rel=1e-4)
-    assert 0 < scalars["throughput/mfu"][-1] < 1.5
+    # MFU = model TFLOP/s per device / the peak printed at start-up, and it cannot exceed 1;
+    # the model FLOPs behind it are the formula that tests/test_flops.py checks against
+    # torch's FLOP counter: 8 x 64 tokens per step, 2 layers of 64, vocab padded to 50304
+    peak = float(re.search(r"peak ([0-9.]+) TFLOP/s/dev", proc.stdout)[1])
+    world = 2
+    for mfu, tflops, tokens_s, step_s in zip(scalars["throughput/mfu"], scalars["throughput/tflops_per_device"],
+                                             scalars["throughput/tokens_per_s"], scalars["time/step_s"]):
+        assert 0 < mfu <= 1.0
+        assert mfu == pytest.approx(tflops / peak, rel=0.01)  # the peak is printed to 2 decimals
+        assert tokens_s * step_s == pytest.approx(8 * 64, rel=1e-4)
+        flops_per_token = tflops * 1e12 * world * step_s / (8 * 64)
+        assert flops_per_token == pytest.approx(lm_flops_per_token(2, 64, 256, 64, 50304), rel=1e-4)
 
 
 def test_bad_config_fails_fast_with_the_reason(shards, tmp_path):

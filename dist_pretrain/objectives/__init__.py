@@ -5,23 +5,23 @@ document segment's sentences back to back, no special tokens) and ``sentences`` 
 token count of each sentence).
 
 * :mod:`.mlm` -- BERT masked language modelling (80/10/10 masking, whole-word masking,
-  optional next-sentence prediction): :func:`bert_example`, :func:`collate_bert`.
+  optional next-sentence prediction): :func:`bert_example`.
 * :mod:`.span_corruption` -- T5 span corruption: :func:`random_spans_noise_mask`,
-  :func:`corrupt`, :func:`t5_lengths`, :func:`t5_example`, :func:`collate_t5`.
+  :func:`corrupt`, :func:`t5_lengths`, :func:`t5_example`.
 
-Pure numpy (torch only in the collate functions). Every random choice is drawn from a
+Pure numpy. Every random choice is drawn from a
 ``numpy.random.Generator`` passed in by the caller, which seeds it per sample from (run
 seed, global sample position): an example never depends on the parallel layout, and the
 global RNGs are never touched.
 """
-from .mlm import (MLMConfig, bert_example, collate_bert, mask_tokens, truncate_seq_pair,
+from .mlm import (MLMConfig, bert_example, mask_tokens, truncate_seq_pair,
                   wordpiece_continuation_mask)
-from .span_corruption import (SpanConfig, collate_t5, corrupt, random_spans_noise_mask,
+from .span_corruption import (SpanConfig, corrupt, random_spans_noise_mask,
                               t5_example, t5_lengths, t5_raw_length)
 
 __all__ = [
-    "MLMConfig", "bert_example", "collate_bert", "mask_tokens", "truncate_seq_pair",
+    "MLMConfig", "bert_example", "mask_tokens", "truncate_seq_pair",
     "wordpiece_continuation_mask",
-    "SpanConfig", "collate_t5", "corrupt", "random_spans_noise_mask", "t5_example",
+    "SpanConfig", "corrupt", "random_spans_noise_mask", "t5_example",
     "t5_lengths", "t5_raw_length",
 ]

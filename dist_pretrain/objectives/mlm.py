@@ -37,7 +37,7 @@ candidate right before it (the first piece of a truncated segment) is a word of 
 
 Returned arrays have length ``seq_len``: ``tokens``, ``token_types``, ``padding_mask``
 (1 = real token, 0 = padding) and ``labels`` are int64, ``loss_mask`` float32, and
-``nsp_label`` an int64 scalar. :func:`collate_bert` stacks them into torch tensors
+``nsp_label`` an int64 scalar. :func:`dist_pretrain.data.stream.stack` stacks them into torch tensors
 (``padding_mask`` stays long, 1 = real token, as Megatron's BERT dataset).
 """
 from __future__ import annotations
@@ -310,18 +310,3 @@ def bert_example(tokens, sentences, seq_len: int, special_ids: Mapping[str, int]
         "loss_mask": np.pad(loss_mask, (0, padn)),
         "nsp_label": np.int64(nsp_label),
     }
-
-
-def collate_bert(examples: list[dict]) -> dict:
-    """Stack :func:`bert_example` outputs: ``tokens token_types padding_mask labels`` ->
-    long ``[b, seq_len]`` (``padding_mask``: 1 = real token, 0 = padding), ``loss_mask``
-    -> float32 ``[b, seq_len]``, ``nsp_label`` -> long ``[b]``."""
-    import torch
-
-    if not examples:
-        raise ValueError("collate_bert: empty batch")
-    out = {k: torch.from_numpy(np.stack([e[k] for e in examples]).astype(np.int64))
-           for k in ("tokens", "token_types", "padding_mask", "labels")}
-    out["loss_mask"] = torch.from_numpy(np.stack([e["loss_mask"] for e in examples]).astype(np.float32))
-    out["nsp_label"] = torch.from_numpy(np.array([e["nsp_label"] for e in examples], np.int64))
-    return out

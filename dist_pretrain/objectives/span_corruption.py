@@ -198,17 +198,3 @@ def t5_example(tokens, enc_len: int, dec_len: int, sentinel_ids: Sequence[int],
         "loss_mask": np.pad(np.ones(nd, np.float32), (0, dec_len - nd)),
         "dec_mask": np.pad(np.ones(nd, np.int64), (0, dec_len - nd)),
     }
-
-
-def collate_t5(examples: list[dict]) -> dict:
-    """Stack :func:`t5_example` outputs: ``enc_tokens enc_mask`` -> long ``[b, enc_len]``,
-    ``dec_input labels dec_mask`` -> long ``[b, dec_len]``, ``loss_mask`` -> float32
-    ``[b, dec_len]`` (masks: 1 = real token, 0 = padding)."""
-    import torch
-
-    if not examples:
-        raise ValueError("collate_t5: empty batch")
-    out = {k: torch.from_numpy(np.stack([e[k] for e in examples]).astype(np.int64))
-           for k in ("enc_tokens", "enc_mask", "dec_input", "labels", "dec_mask")}
-    out["loss_mask"] = torch.from_numpy(np.stack([e["loss_mask"] for e in examples]).astype(np.float32))
-    return out
