@@ -203,7 +203,8 @@ def test_time_limit_and_a_signal_during_validation_save_and_exit_for_requeue(tmp
     rc, out = launch(2, run, *BASE, *LAYOUT, "train.steps=400", "checkpoint.interval=0",
                      "checkpoint.exit_after_minutes=0.05")
     assert rc != 0 and "checkpoint.exit_after_minutes reached" in out, out[-3000:]
-    assert find_resumable(run / "checkpoints")[0] is not None
+    saved = find_resumable(run / "checkpoints")[0]
+    assert saved is not None and verify(saved) is None
     # a signal while validating: validation is cut short, every rank saves at the same step
     run = tmp_path / "in_validation"
     rc, out = launch(2, run, *BASE, *LAYOUT, "train.steps=400", "checkpoint.interval=0",

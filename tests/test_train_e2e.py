@@ -73,7 +73,8 @@ def test_demo_config_trains_and_logs(shards, tmp_path, layout):
     for mfu, tflops, tokens_s, step_s in zip(scalars["throughput/mfu"], scalars["throughput/tflops_per_device"],
                                              scalars["throughput/tokens_per_s"], scalars["time/step_s"]):
         assert 0 < mfu <= 1.0
-        assert mfu == pytest.approx(tflops / peak, rel=0.01)  # the peak is printed to 2 decimals
+        # the peak is printed to 2 decimals: the true one lies within +-0.005 of it
+        assert tflops / (peak + 0.005) * (1 - 1e-6) <= mfu <= tflops / (peak - 0.005) * (1 + 1e-6)
         assert tokens_s * step_s == pytest.approx(8 * 64, rel=1e-4)
         flops_per_token = tflops * 1e12 * world * step_s / (8 * 64)
         assert flops_per_token == pytest.approx(lm_flops_per_token(2, 64, 256, 64, 50304), rel=1e-4)
