@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from megatron.core import parallel_state
 
-from dist_pretrain.optim_state import adam_step_tensor, group_of
+from dist_pretrain.optim_state import adam_step_tensor
 
 class MegatronMPU:
     """The ``mpu`` interface DeepSpeed expects, backed by megatron-core's parallel_state."""
@@ -243,7 +243,8 @@ class ZeroEngine:
         adam = self.engine.optimizer.optimizer  # the torch AdamW inside DeepSpeed's ZeRO optimizer
         for flat in self._fp32_flats():  # AdamW state is lazy
             state = adam.state[flat]
-            state["step"] = adam_step_tensor(group_of(adam, flat), flat, step)  # fused: on the flat's device
+            # fused AdamW: on the flat's device (every group shares the constructor's fused/capturable)
+            state["step"] = adam_step_tensor(adam.defaults, flat, step)
             for moment in ("exp_avg", "exp_avg_sq"):
                 state.setdefault(moment, torch.zeros_like(flat))
         if not self.zero3:

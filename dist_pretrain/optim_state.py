@@ -21,7 +21,8 @@ def group_of(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> dict:
 
 
 def adam_step_tensor(group: dict, param: torch.Tensor, step: int) -> torch.Tensor:
-    """AdamW's ``state["step"]`` for ``param`` in ``group`` at ``step`` (torch's placement)."""
+    """AdamW's ``state["step"]`` for ``param`` at ``step`` (torch's placement), given the options of
+    its param group (or the optimizer's ``defaults`` when every group shares them)."""
     if group.get("fused") or group.get("capturable"):
         return torch.tensor(float(step), dtype=torch.float32, device=param.device)
     return torch.tensor(float(step), dtype=torch.get_default_dtype())
