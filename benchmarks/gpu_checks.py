@@ -145,7 +145,8 @@ def check_demo(args, work: Path, timeout: float) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1", "-m",
            "dist_pretrain", "train", str(ROOT / "configs/gpt/demo.yaml"), f"data.path={data}",
            "parallel.tensor=1", "parallel.nproc=1", f"train.steps={args.demo_steps}", f"run_dir={run_dir}",
-           f"train.eval_interval={args.demo_steps}", "train.log_interval=10"]
+           f"train.eval_interval={args.demo_steps}", "train.log_interval=10",
+           f"train.warmup_steps={max(1, args.demo_steps // 10)}"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", **device_env(args)}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     if proc.returncode != 0:
