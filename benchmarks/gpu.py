@@ -98,42 +98,13 @@ def compile_layers(trainer) -> int:
     return count
 
 
-def init_process_group() -> None:
-    """Make the Trainer's logged metrics work on a GPU (CPU-only so far, see below).
-
-    ``dist_pretrain.train._global_metrics`` adds the loss function's (CUDA) sums into a CPU
-    tensor and all-reduces that CPU tensor: an error on a GPU under a NCCL-only group. Here the
-    sums are moved to the CPU first, and a one-rank group with gloo for CPU tensors and NCCL for
-    CUDA ones is made before the Trainer's own (which then keeps it). Nothing else changes.
-    """
-    import torch
-
-    from benchmarks.common import single_process_env
-    from dist_pretrain import train
-
-    if not getattr(train._global_metrics, "cpu_outputs", False):
-        original = train._global_metrics
-
-        def cpu_outputs(outputs, keys, rt):
-            outputs = [{k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
-                       for out in outputs]
-            return original(outputs, keys, rt)
-        cpu_outputs.cpu_outputs = True
-        train._global_metrics = cpu_outputs
-    single_process_env()
-    if not torch.distributed.is_initialized():
-        torch.cuda.set_device(0)
-        torch.distributed.init_process_group(backend="cpu:gloo,cuda:nccl", rank=0, world_size=1)
-
-
 def measure(p: dict, compiled: bool, warmup: int, steps: int) -> dict:
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from benchmarks.common import build_trainer
 
-    init_process_group()
-    trainer = build_trainer(p["overrides"])
+    trainer = build_trainer(p["overrides"])  # its own process group: NCCL + gloo for CPU agreements
     if compiled:
         compile_layers(trainer)
     torch.cuda.reset_peak_memory_stats()
@@ -241,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{datetime.date.today().isoformat()}-gpu"
     (out / f"{stem}.md").write_text(text + "\n")
+    (out / f"{stem}.json").write_text(json.dumps({"device": props.name, "matmul_tflops": matmul, "rows": rows,
+                                                  "table": text, "plan": {**p, "size": vars(p["size"])}},
+                                                 indent=1, default=str))
     print(text)
     return 0
 

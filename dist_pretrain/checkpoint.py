@@ -116,7 +116,7 @@ def training_state_dict(engine, chunks) -> dict[str, ShardedTensor]:
         for moment in MOMENTS:
             value = moments[moment]
             if value is None:  # no optimizer step yet
-                value = torch.zeros(st.local_shape, dtype=torch.float32)
+                value = torch.zeros(st.local_shape, dtype=torch.float32, device=master.device)
             state[_slot(moment, st)] = _sharded(st, f"optimizer.{moment}", value.float().contiguous())
     return state
 

@@ -42,14 +42,12 @@ updates. The wiring, and each DeepSpeed 0.19.8 internal it relies on:
 from __future__ import annotations
 
 import contextlib
-import warnings
 from typing import Any
 
 import torch
 from megatron.core import parallel_state
 
-DEEPSPEED_VERSION = "0.19.8"
-
+from dist_pretrain.optim_state import adam_step_tensor
 
 class MegatronMPU:
     """The ``mpu`` interface DeepSpeed expects, backed by megatron-core's parallel_state."""
@@ -130,11 +128,8 @@ class ZeroEngine:
     """Megatron chunks + DeepSpeed ZeRO (stages 1-3): backward hooks, reduction, update."""
 
     def __init__(self, chunks: list[torch.nn.Module], ds_config: dict, train_cfg, num_microbatches: int):
-        import deepspeed
+        import deepspeed  # its version is checked at start-up (dist_pretrain.versions)
 
-        if deepspeed.__version__ != DEEPSPEED_VERSION:
-            warnings.warn(f"dist_pretrain's ZeRO engine relies on DeepSpeed {DEEPSPEED_VERSION} internals "
-                          f"(see engine.py); found {deepspeed.__version__}: run the equivalence tests")
         self.num_chunks = len(chunks)
         self.num_microbatches = num_microbatches
         self._mark_tied_copies(chunks)
@@ -248,7 +243,8 @@ class ZeroEngine:
         adam = self.engine.optimizer.optimizer  # the torch AdamW inside DeepSpeed's ZeRO optimizer
         for flat in self._fp32_flats():  # AdamW state is lazy
             state = adam.state[flat]
-            state["step"] = torch.tensor(float(step))
+            # fused AdamW: on the flat's device (every group shares the constructor's fused/capturable)
+            state["step"] = adam_step_tensor(adam.defaults, flat, step)
             for moment in ("exp_avg", "exp_avg_sq"):
                 state.setdefault(moment, torch.zeros_like(flat))
         if not self.zero3:

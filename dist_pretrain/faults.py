@@ -55,8 +55,9 @@ def poisoned(forward_step):
 
         def nan_loss(out):
             loss, tokens, logged = loss_func(out)
-            nan = torch.tensor([float("nan"), 1.0])  # poison the sums, keep the counts
-            return loss * float("nan"), tokens, {k: v * nan for k, v in logged.items()}
+            # poison the sums, keep the counts; on the logged values' device (a GPU's, in training)
+            return loss * float("nan"), tokens, {
+                k: v * torch.tensor([float("nan"), 1.0], dtype=v.dtype, device=v.device) for k, v in logged.items()}
 
         return output, nan_loss
 

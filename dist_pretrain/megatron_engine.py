@@ -19,6 +19,8 @@ from megatron.core.distributed import (
 )
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
+from dist_pretrain.optim_state import adam_step_tensor, group_of, moment_on
+
 
 class MegatronDDPEngine:
     def __init__(self, chunks: list[torch.nn.Module], train_cfg, tconfig):
@@ -96,9 +98,10 @@ class MegatronDDPEngine:
                 main.copy_(master)
                 p.data.copy_(master.to(p.dtype))
                 state = opt.state[main]
-                state["step"] = torch.tensor(float(step))
+                # checkpoints load on the CPU: moments go to the main parameter's device
+                state["step"] = adam_step_tensor(group_of(opt, main), main, step)
                 for name, value in moments.items():
-                    state[name] = value.clone()
+                    state[name] = moment_on(value, main)
 
     def train(self, mode: bool = True) -> None:
         for chunk in self.model_chunks:

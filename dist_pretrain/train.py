@@ -27,6 +27,7 @@ from dist_pretrain.config import (
     padded_vocab_size,
     validate,
 )
+from dist_pretrain import versions
 from dist_pretrain.families import get_family
 from dist_pretrain.families.gpt import fan_out
 from dist_pretrain.faults import (
@@ -172,6 +173,7 @@ def _global_metrics(outputs: list[dict], keys: list[str], rt: Runtime) -> dict[s
 
 class Trainer:
     def __init__(self, cfg: Config):
+        versions.check()  # DeepSpeed / megatron-core internals: an untested version is an error
         vocab = resolve_vocab_size(cfg)
         validate(cfg, world_size_from_env(), vocab)
         self.cfg = cfg

@@ -1,6 +1,7 @@
 """Benchmark formulas against hand counts and torch's FLOP counter on a tiny config, the GPU plan without a GPU, and
 one ``--smoke`` run of every CPU benchmark (tiny sizes: it proves they still execute)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -136,7 +137,6 @@ def test_report_prose_follows_the_measurements():
     """The notes of a report are derived from its run: numbers from the JSON, and an explanation
     only where the measurements show its effect (checked by editing a saved run)."""
     import copy
-    import json
 
     from benchmarks.common import FULL
     from benchmarks.notes import notes
@@ -163,3 +163,42 @@ def test_report_prose_follows_the_measurements():
     assert "keeps parameters gathered by default" not in text
     assert "ZeRO-0 bf16: gradients" not in text
     assert "The update accounts for" not in text
+
+
+def test_gpu_checks_dry_run(capsys, tmp_path):
+    from benchmarks import gpu_checks
+
+    assert gpu_checks.main(["--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert list(plan["checks"]) == gpu_checks.CHECKS and plan["device"] == "cuda"
+    assert set(plan["resume"]) >= {"ZeRO-0 fp32", "ZeRO-3 bf16"} and plan["tolerances"]["stages_fp32"] == 1e-5
+    # the one command the GPU machine runs, through its script, without a GPU or wheels
+    proc = subprocess.run(["bash", "benchmarks/gpu.sh", "--all", "--dry-run", "--only", "nan"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0 and list(json.loads(proc.stdout)["checks"]) == ["nan"], proc.stderr[-2000:]
+
+
+def test_gpu_checks_without_a_gpu_exit_2_unless_told_cpu(monkeypatch, tmp_path):
+    from benchmarks import gpu_checks
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert gpu_checks.main(["--out", str(tmp_path)]) == 2
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_gpu_checks_on_cpu_nan_skip_and_report(tmp_path, monkeypatch):
+    """The GPU script's real logic on gloo: the NaN-skip check in torchrun, its report, JSON and log
+    (also copied to $OUT)."""
+    from benchmarks import gpu_checks
+
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setenv("OUT", str(out))
+    assert gpu_checks.main(["--device", "cpu", "--only", "nan", "generation", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "gpu-checks-cpu.json").read_text())["results"]
+    assert result["nan"]["ok"] is True and result["generation"]["ok"] is None
+    assert [r["skipped_steps"] for r in result["nan"]["rows"]] == [[0, 0, 1, 1, 1]] * 3
+    text = (out / "gpu-checks-cpu.md").read_text()
+    assert "| nan | pass |" in text and "no generation (inference) path yet" in text
+    assert (out / "gpu-checks-cpu.log").exists()

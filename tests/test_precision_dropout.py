@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from dist_pretrain.tools.equivalence import _launch, rel_dev
+from dist_pretrain.tools.equivalence import launch, rel_dev
 
 DROPOUT = ["model.hidden_dropout=0.1", "model.attention_dropout=0.1"]
 
@@ -22,7 +22,7 @@ def runs(tmp_path_factory):
         {"name": "dropout TP2 b", "overrides": ["parallel.tensor=2", *DROPOUT]},
         {"name": "no dropout TP2", "overrides": ["parallel.tensor=2"]},
     ]
-    return _launch(2, cases, 5, tmp)
+    return launch(2, cases, 5, tmp)
 
 
 @pytest.mark.parametrize("name", ["bf16 PP2 ZeRO-2", "bf16 TP2 ZeRO-1"])

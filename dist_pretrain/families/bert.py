@@ -111,7 +111,7 @@ class BertFamily:
         if binary_logits is not None:
             nsp = F.cross_entropy(binary_logits.float(), batch["nsp_label"])
             loss_sum = loss_sum + nsp * n  # megatron divides by n: lm mean + nsp mean
-            b = torch.tensor(float(batch["nsp_label"].numel()))
+            b = torch.tensor(float(batch["nsp_label"].numel()), device=nsp.device)  # stacked with nsp
             correct = (binary_logits.argmax(-1) == batch["nsp_label"]).sum().float()
             logged["nsp loss"] = torch.stack([nsp.detach() * b, b])
             logged["nsp accuracy"] = torch.stack([correct, b])

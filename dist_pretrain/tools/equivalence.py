@@ -136,6 +136,9 @@ def worker(cases: list[dict], out: str, steps: int) -> None:
         results[case["name"]] = {
             "loss": [h["train/loss"] for h in history],
             "grad_norm": [h["train/grad_norm"] for h in history],
+            "skipped_steps": [h["train/skipped_steps"] for h in history],
+            "tokens_per_s": [h["throughput/tokens_per_s"] for h in history],
+            "device": str(trainer.rt.device),
             "tp_replicated": _tp_replicated_check(trainer),
             "groups": _groups_seen(trainer),
         }
@@ -147,14 +150,18 @@ def worker(cases: list[dict], out: str, steps: int) -> None:
 # --------------------------------------------------------------------------- driver
 
 
-def _launch(world: int, cases: list[dict], steps: int, workdir: Path) -> dict:
-    case_file, out = workdir / f"cases{world}.json", workdir / f"out{world}.json"
+def launch(world: int, cases: list[dict], steps: int, workdir: Path, env: dict | None = None,
+           timeout: float | None = None, tag: str = "") -> dict:
+    """Run ``cases`` (``{"name", "overrides"}``) in one torchrun launch of ``world`` processes;
+    returns each case's per-step values. ``env`` adds variables (e.g. ``CUDA_VISIBLE_DEVICES=""``
+    for a CPU run on a GPU machine, or a fault injection)."""
+    case_file, out = workdir / f"cases{world}{tag}.json", workdir / f"out{world}{tag}.json"
     case_file.write_text(json.dumps(cases))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
            "-m", "dist_pretrain.tools.equivalence", "--worker", str(case_file), "--out", str(out),
            "--steps", str(steps)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"torchrun with {world} processes failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
     return json.loads(out.read_text())
@@ -169,12 +176,12 @@ def run(layouts: dict, steps: int) -> tuple[dict, dict]:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         variants = sorted({v for _, v, _ in layouts.values()})
-        refs = _launch(1, [{"name": v, "overrides": VARIANTS[v]} for v in variants], steps, tmp)
+        refs = launch(1, [{"name": v, "overrides": VARIANTS[v]} for v in variants], steps, tmp)
         results = {}
         for world in sorted({w for w, _, _ in layouts.values()}):
             cases = [{"name": n, "overrides": VARIANTS[v] + o}
                      for n, (w, v, o) in layouts.items() if w == world]
-            results.update(_launch(world, cases, steps, tmp))
+            results.update(launch(world, cases, steps, tmp))
     return refs, results
 
 
