@@ -132,7 +132,9 @@ def build_engine(cfg: Config, rt: Runtime, chunks, tconfig, num_microbatches: in
     if cfg.parallel.zero_stage == 0:
         from dist_pretrain.megatron_engine import MegatronDDPEngine
 
-        engine = MegatronDDPEngine(chunks, cfg.train, tconfig)
+        # megatron's DDP builds its grad buffers where the parameters are (DeepSpeed moves
+        # the model itself): built on the CPU, the chunks go to the training device first
+        engine = MegatronDDPEngine([c.to(rt.device) for c in chunks], cfg.train, tconfig)
     else:
         from dist_pretrain.engine import ZeroEngine
 
