@@ -369,7 +369,9 @@ def _give_up(step: int, tmp: Path, err: Exception | None) -> None:
               f"the previous checkpoints and 'latest' are untouched", flush=True)
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
-    raise CheckpointError(f"checkpoint of step {step} was not written; previous checkpoints kept")
+    failed = CheckpointError(f"checkpoint of step {step} was not written; previous checkpoints kept")
+    failed.report = False  # raised on every rank together; rank 0 printed the reason above
+    raise failed
 
 
 def prune(root: Path, keep: int, keep_every: int) -> None:

@@ -7,10 +7,10 @@ not a cluster allocation; every message names the key, the bad value and what wo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dist_pretrain.errors import ConfigError
 
@@ -75,10 +75,18 @@ class TrainConfig(_Section):
     precision: Literal["fp32", "bf16"] = "fp32"
     log_interval: int = Field(10, ge=1)
     eval_interval: int = Field(0, ge=0, description="0 disables validation")
-    eval_steps: int = Field(4, ge=1)
+    eval_steps: Union[int, str] = Field(4, description="validation batches (of global_batch_size samples "
+                                        "each) per evaluation, or all: every full global batch of the split")
     threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads per process")
     max_skipped_in_a_row: int = Field(5, ge=1, description="abort after this many consecutive steps "
                                                          "skipped for a non-finite loss or grad norm")
+
+    @field_validator("eval_steps", mode="before")
+    @classmethod
+    def _eval_steps(cls, value):
+        if value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError("use a number of validation batches >= 1, or all (the whole split)")
 
 
 class BlendEntry(_Section):
@@ -117,6 +125,7 @@ class CheckpointConfig(_Section):
     signals: list[Literal["SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT"]] = ["SIGTERM", "SIGUSR1"]
     exit_code: int = Field(99, ge=1, le=255, description="exit status after a signal / time-limit save")
     exit_after_minutes: Optional[float] = Field(None, gt=0)
+    save_final: bool = Field(True, description="save a checkpoint after the last step, whatever the interval")
     async_save: bool = Field(False, description="write checkpoint files in a forked background process "
                              "while training goes on (the final and signal-triggered saves still block)")
 

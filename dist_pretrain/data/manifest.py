@@ -91,3 +91,22 @@ def shard_problems(data_dir: str, shards: list[dict]) -> tuple[list[str], list[s
 def missing_shards_message(data_dir: str, missing: list[str]) -> str:
     return (f"{len(missing)} shard(s) listed in {os.path.join(data_dir, MANIFEST)} are missing, "
             f"e.g. {missing[:3]}; re-run `dist-pretrain preprocess` for {data_dir}")
+
+
+def eval_steps_for(eval_steps: int | str, global_batch_size: int, split_samples: int, data_dir: str) -> int:
+    """Evaluation steps of ``global_batch_size`` samples each that the validation split of
+    ``data_dir`` feeds for ``train.eval_steps`` (a number, or ``all``: every full global batch).
+    The same at any DP size: each step evaluates the same ``global_batch_size`` samples."""
+    full = split_samples // global_batch_size
+    where = f"the validation split of {data_dir} has {split_samples} samples"
+    if full == 0:
+        raise DataError(f"train.eval_steps={eval_steps}: {where}, fewer than one global batch "
+                        f"(train.global_batch_size={global_batch_size}); add validation data, lower "
+                        f"train.global_batch_size to at most {split_samples}, or set train.eval_interval=0")
+    if eval_steps == "all":
+        return full
+    if eval_steps > full:
+        raise DataError(f"train.eval_steps={eval_steps} needs {eval_steps} x train.global_batch_size="
+                        f"{global_batch_size} = {eval_steps * global_batch_size} validation samples, but "
+                        f"{where}; use train.eval_steps={full} (or all)")
+    return int(eval_steps)

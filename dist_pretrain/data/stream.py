@@ -66,7 +66,7 @@ class CorruptShardError(UserError, RuntimeError):
         return cls(last.split("CorruptShardError: ", 1)[-1])
 
 
-def _seed(*parts) -> int:
+def sample_seed(*parts) -> int:
     # sha256, not hash(): str hashing changes per process
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
 
@@ -112,7 +112,7 @@ class SubStream:
                  shuffle_buffer: int, on_corrupt: str, skipped: list[str]):
         self.sources, self.seed, self.index = sources, seed, index
         self.shuffle_buffer, self.on_corrupt, self.skipped = shuffle_buffer, on_corrupt, skipped
-        self.phase = random.Random(_seed("phase", seed, index)).random()
+        self.phase = random.Random(sample_seed("phase", seed, index)).random()
         self.position = start
         weights = [s.weight for s in sources]
         counts = np.bincount(blend_choices(weights, self.phase, 0, start), minlength=len(sources))
@@ -135,7 +135,7 @@ class SubStream:
     def _source_iter(self, d: int, skip: int) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
         """Samples of dataset ``d`` for this sub-stream, starting after ``skip`` of them."""
         source = self.sources[d]
-        draws = random.Random(_seed("draws", self.seed, self.index, d))
+        draws = random.Random(sample_seed("draws", self.seed, self.index, d))
         draw = 0
         while True:
             shard = source.shards[draws.randrange(len(source.shards))]
@@ -145,7 +145,7 @@ class SubStream:
             if skip >= shard.samples:  # fast-forward on resume without opening the shard
                 skip -= shard.samples
                 continue
-            yield from self._read(shard, _seed("shuffle", self.seed, self.index, d, draw), skip)
+            yield from self._read(shard, sample_seed("shuffle", self.seed, self.index, d, draw), skip)
             skip = 0
 
     def _read(self, shard: Shard, shuffle_seed: int, skip: int) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
@@ -210,7 +210,7 @@ class _RankStreams(IterableDataset):
         step = self.start_step
         while True:
             samples = [next(s) for s in subs]
-            examples = [self.transform(f, np.random.default_rng(_seed("sample", self.seed, step, j)), prev)
+            examples = [self.transform(f, np.random.default_rng(sample_seed("sample", self.seed, step, j)), prev)
                         for j, (_, f, _), prev in zip(mine, samples, previous)]
             previous = [f for _, f, _ in samples]
             yield {"step": step, "streams": mine, "keys": [k for k, _, _ in samples],
