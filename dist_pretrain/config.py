@@ -214,6 +214,8 @@ def load_config(path: Optional[str | Path] = None, overrides: list[str] = ()) ->
     tree: dict = {}
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"config file {str(p)!r} is a directory; give a YAML file (configs/...)")
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist")
         try:
