@@ -51,6 +51,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     vocab_size: int | None = None  # the tokenizer's (unpadded), when the data gives it
     eval_steps: int | None = None  # validation steps of global_batch_size samples
+    eval_note: str = ""  # which validation samples are evaluated
 
     def raise_errors(self) -> None:
         if self.errors:
@@ -156,11 +157,17 @@ def _check_validation(cfg: Config, first_path: str, first: dict, report: Report)
     if wrong:
         report.errors.append(f"{len(wrong)} validation shard(s) of {path} do not have the size in its manifest, "
                              f"e.g. {wrong[0]}; re-run `dist-pretrain preprocess` for {path}")
+    total, batch = sum(s["samples"] for s in shards), cfg.train.global_batch_size
     try:
-        report.eval_steps = eval_steps_for(cfg.train.eval_steps, cfg.train.global_batch_size,
-                                           sum(s["samples"] for s in shards), path)
+        report.eval_steps = eval_steps_for(cfg.train.eval_steps, batch, total, path)
     except DataError as err:
         report.errors.append(str(err))
+        return
+    left = total - report.eval_steps * batch
+    report.eval_note = f"validation: {report.eval_steps} x {batch} of the {total} samples of {path}"
+    if cfg.train.eval_steps == "all" and left:
+        report.eval_note += (f" (train.eval_steps=all: the last {left} are left out, they do not fill a "
+                             "global batch)")
 
 
 def _check_run_dir(cfg: Config, report: Report) -> None:

@@ -152,6 +152,8 @@ class Trainer:
         if self.rt.is_logging_rank:
             for warning in report.warnings:
                 print(f"warning: {warning}", flush=True)
+            if report.eval_note and cfg.train.eval_interval:
+                print(report.eval_note, flush=True)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         seed_everything(cfg.seed)
