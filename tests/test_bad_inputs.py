@@ -12,14 +12,13 @@ no rank hangs.
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from launch import run_group
+from launch import demo_shards, run_group
 
 ROOT = Path(__file__).resolve().parents[1]
 GPT, BERT, T5 = (str(ROOT / f"configs/{f}/tiny.yaml") for f in ("gpt", "bert", "t5"))
@@ -33,12 +32,7 @@ def inputs(tmp_path_factory):
     """Real GPT-2 shards (seq 64, 64 samples a shard), broken copies of them, a real
     checkpoint, and an existing run directory that no failed launch may touch."""
     root = tmp_path_factory.mktemp("bad_inputs")
-    py = [sys.executable, "-m", "dist_pretrain"]
-    subprocess.run(py + ["demo-corpus", "--output", str(root / "corpus")], check=True, capture_output=True)
-    good = root / "shards"
-    subprocess.run(py + ["preprocess", "--input", str(root / "corpus/c4/en/*.json.gz"), "--tokenizer", "gpt2",
-                         "--seq-len", "64", "--samples-per-shard", "64", "--output", str(good), "--quiet"],
-                   check=True, capture_output=True)
+    good = demo_shards(root, samples_per_shard=64)
     manifest = json.loads((good / "manifest.json").read_text())
     d = {"good": good, "root": root}
 

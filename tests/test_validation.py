@@ -2,13 +2,12 @@
 at any DP size and loader worker count (real torchrun processes, tiny GPT, real shards)."""
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from launch import run_group
+from launch import demo_shards, run_group
 
 ROOT = Path(__file__).resolve().parents[1]
 GPT = str(ROOT / "configs/gpt/tiny.yaml")
@@ -20,13 +19,7 @@ RUN = ["monitor.peak_tflops=1", "monitor.tensorboard=false", "data.synthetic=fal
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     """GPT-2 shards of 16 samples: the validation samples evaluated span several shards."""
-    root = tmp_path_factory.mktemp("validation")
-    py = [sys.executable, "-m", "dist_pretrain"]
-    subprocess.run(py + ["demo-corpus", "--output", str(root)], check=True, capture_output=True)
-    subprocess.run(py + ["preprocess", "--input", str(root / "c4/en/*.json.gz"), "--tokenizer", "gpt2",
-                         "--seq-len", "64", "--samples-per-shard", "16", "--output", str(root / "shards"),
-                         "--quiet"], check=True, capture_output=True)
-    return root / "shards"
+    return demo_shards(tmp_path_factory.mktemp("validation"), samples_per_shard=16)
 
 
 def _history(run_dir: Path) -> dict[int, dict]:
