@@ -209,6 +209,7 @@ def _assert_clean_error(r, fragments, seconds):
     assert r.returncode == 2, f"exit {r.returncode}\n{out[-3000:]}"
     assert "Traceback" not in out, out[-3000:]
     errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    print("\n".join(errors))
     assert errors, out[-3000:]
     for fragment in fragments:
         assert any(fragment in line for line in errors), f"{fragment!r} not in {errors}"
