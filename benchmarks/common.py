@@ -59,7 +59,7 @@ def gpt_overrides(size: GPTSize, precision: str, global_batch: int | None = None
         f"train.precision={precision}", f"parallel.zero_stage={zero_stage}",
         f"train.steps={steps}", "train.warmup_steps=1", "train.decay=constant", "train.grad_clip=1.0",
         "train.log_interval=1000000", "monitor.tensorboard=false", "monitor.peak_tflops=1",
-        "checkpoint.resume=none", f"run_dir={run_dir or tempfile.mkdtemp(prefix='bench-')}",
+        "checkpoint.resume=none", "checkpoint.save_final=false", f"run_dir={run_dir or tempfile.mkdtemp(prefix='bench-')}",
     ]
 
 

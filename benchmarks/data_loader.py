@@ -55,7 +55,7 @@ def loader_tokens_per_s(workers: int, steps: int) -> float:
 def training(train_steps: int) -> tuple[float, float, str]:
     run_dir = Path(tempfile.mkdtemp(prefix="bench-demo-"))
     cmd = ["bash", str(ROOT / "launchers/torchrun.sh"), "configs/gpt/demo.yaml", f"train.steps={train_steps}",
-           "train.eval_interval=0", f"run_dir={run_dir}", f"data.path={DATA}"]
+           "train.eval_interval=0", "checkpoint.save_final=false", f"run_dir={run_dir}", f"data.path={DATA}"]
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, env={**os.environ, "PYTHON": sys.executable})
     history = json.loads((run_dir / "history.json").read_text())[3:]  # after warm-up steps
     return (statistics.median(h["throughput/tokens_per_s"] for h in history),

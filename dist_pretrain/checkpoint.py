@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import random
@@ -40,13 +39,16 @@ from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
 from torch.distributed.checkpoint.api import CheckpointException as TorchCheckpointException  # a BaseException
 
+from dist_pretrain.checkpoint_files import (  # noqa: F401 - CheckpointError, verify... are part of this API
+    CheckpointError,
+    find_resumable,
+    sha256_file,
+    step_dirs,
+    verify,
+)
 from dist_pretrain.faults import fault_lost_checkpoint_steps, fault_slow_save_seconds, slowed
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be written or used, with the reason."""
 
 
 # --------------------------------------------------------------------------- sharded tensors
@@ -136,14 +138,6 @@ def load_training_state(engine, chunks, directory: Path, step: int) -> None:
 # --------------------------------------------------------------------------- files
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _fsync_tree(root: Path) -> None:
     for path in sorted(root.rglob("*")):
         if path.is_file():
@@ -163,59 +157,6 @@ def _write_atomic(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def verify(directory: Path) -> str | None:
-    """None if the checkpoint is complete and every file matches its checksum, else why not."""
-    manifest = directory / "manifest.json"
-    if not manifest.is_file():
-        return "no manifest.json (incomplete save)"
-    try:
-        files = json.loads(manifest.read_text())["files"]
-    except (ValueError, KeyError) as err:
-        return f"unreadable manifest.json: {err}"
-    for name, entry in files.items():
-        path = directory / name
-        if not path.is_file():
-            return f"{name} is missing"
-        if path.stat().st_size != entry["bytes"]:
-            return f"{name} has {path.stat().st_size} bytes, manifest says {entry['bytes']} (truncated?)"
-        if _sha256(path) != entry["sha256"]:
-            return f"{name} does not match its sha256 (corrupt)"
-    return None
-
-
-def step_dirs(root: Path) -> list[tuple[int, Path]]:
-    out = []
-    for path in root.glob("step-*"):
-        try:
-            out.append((int(path.name.split("-", 1)[1]), path))
-        except ValueError:
-            continue
-    return sorted(out)
-
-
-def find_resumable(root: Path) -> tuple[Path | None, list[str]]:
-    """The checkpoint to resume from: ``latest`` if it verifies, else the newest that does.
-
-    Returns it (or None) and warnings naming what was skipped and why.
-    """
-    warnings = []
-    candidates = [path for _, path in reversed(step_dirs(root))]
-    latest = root / "latest"
-    if latest.is_file():
-        name = latest.read_text().strip()
-        target = root / name
-        if not name.startswith("step-") or not target.is_dir():
-            warnings.append(f"{latest} points to {name!r}, which is not a checkpoint; ignoring it")
-        else:
-            candidates = [target] + [c for c in candidates if c != target]
-    for path in candidates:
-        problem = verify(path)
-        if problem is None:
-            return path, warnings
-        warnings.append(f"checkpoint {path} is unusable: {problem}; trying an older one")
-    return None, warnings
 
 
 def _code_version() -> str:
@@ -385,7 +326,7 @@ class Checkpointer:
         """Rank 0 turns ``tmp-step-N`` into ``step-N``: meta, checksums, fsync, rename, ``latest``, prune."""
         tmp, final = self.root / f"tmp-step-{step:08d}", self.root / f"step-{step:08d}"
         (tmp / "meta.json").write_text(json.dumps(meta))
-        files = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        files = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
                  for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / "manifest.json").write_text(json.dumps({"step": step, "files": files}, indent=1))
         _fsync_tree(tmp)
@@ -432,7 +373,9 @@ def _give_up(step: int, tmp: Path, err: Exception | None) -> None:
               f"the previous checkpoints and 'latest' are untouched", flush=True)
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
-    raise CheckpointError(f"checkpoint of step {step} was not written; previous checkpoints kept")
+    failed = CheckpointError(f"checkpoint of step {step} was not written; previous checkpoints kept")
+    failed.report = False  # raised on every rank together; rank 0 printed the reason above
+    raise failed
 
 
 def prune(root: Path, keep: int, keep_every: int) -> None:

@@ -1,11 +1,29 @@
-"""``dist-pretrain`` command: train, preprocess, tokenizer train, demo-corpus."""
+"""``dist-pretrain`` command: train, check, preprocess, tokenizer train, checkpoint, demo-corpus.
+
+A ``UserError`` (bad config, data, path or checkpoint) leaves every command as ``error:``
+lines and exit status 2, without a traceback (``DIST_PRETRAIN_DEBUG=1`` shows it).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from dist_pretrain.config import ConfigError, load_config
+from dist_pretrain.config import load_config
+from dist_pretrain.errors import UserError, report_user_error
+
+
+def _printing(err: UserError, distributed: bool) -> bool:
+    """Whether this rank prints ``err``: the rank an agreed error names, else before the process
+    groups exist rank 0 (every rank found the same problem), after them the rank that has it."""
+    report = getattr(err, "report", None)
+    if report is not None:
+        return report
+    if distributed:
+        return True
+    from dist_pretrain.runtime import discover_launch_env
+
+    return discover_launch_env().rank == 0
 
 
 def _train(argv: list[str]) -> int:
@@ -19,17 +37,24 @@ def _train(argv: list[str]) -> int:
         from dist_pretrain.train import Trainer
 
         trainer = Trainer(cfg)
-    except (ConfigError, FileNotFoundError) as err:
-        from dist_pretrain.runtime import discover_launch_env
+    except UserError as err:
+        torch = sys.modules.get("torch")
+        distributed = torch is not None and torch.distributed.is_initialized()
+        code = report_user_error(err, _printing(err, distributed))
+        if distributed:
+            from dist_pretrain.runtime import shutdown
 
-        if discover_launch_env().rank == 0:  # every rank found the same problem
-            print(f"error: {err}", file=sys.stderr)
-        return 2
+            shutdown()
+        return code
     from dist_pretrain.runtime import shutdown
     from dist_pretrain.faults import StopTraining, TrainingAborted, record_stop
 
     try:
         trainer.fit()
+    except UserError as err:  # found once the process groups exist (data, checkpoints)
+        code = report_user_error(err, _printing(err, True))
+        shutdown()
+        return code
     except TrainingAborted as abort:
         if trainer.rt.is_logging_rank:
             print(f"error: training aborted: {abort}", file=sys.stderr, flush=True)
@@ -56,11 +81,22 @@ def _train(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"train", "preprocess", "demo-corpus", "tokenizer", "checkpoint"}
+    commands = {"train", "check", "preprocess", "demo-corpus", "tokenizer", "checkpoint"}
     if not argv or argv[0] not in commands:
         print(f"usage: dist-pretrain {{{','.join(sorted(commands))}}} ...", file=sys.stderr)
         return 2
     cmd, rest = argv[0], argv[1:]
+    try:
+        return _command(cmd, rest)
+    except UserError as err:
+        return report_user_error(err)
+
+
+def _command(cmd: str, rest: list[str]) -> int:
+    if cmd == "check":
+        from dist_pretrain.preflight import main as check_main
+
+        return check_main(rest)
     if cmd == "train":
         return _train(rest)
     if cmd == "preprocess":

@@ -20,14 +20,9 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
 from megatron.core.utils import get_model_config
 
-from dist_pretrain.config import (
-    Config,
-    ConfigError,
-    deepspeed_config,
-    padded_vocab_size,
-    validate,
-)
 from dist_pretrain import versions
+from dist_pretrain.config import Config, deepspeed_config, padded_vocab_size
+from dist_pretrain.errors import agree
 from dist_pretrain.families import get_family
 from dist_pretrain.families.gpt import fan_out
 from dist_pretrain.faults import (
@@ -65,32 +60,6 @@ def learning_rate(step: int, cfg: Config) -> float:
     if tr.decay == "linear":
         return tr.min_lr + (tr.lr - tr.min_lr) * (1.0 - progress)
     return tr.min_lr + 0.5 * (tr.lr - tr.min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
-def resolve_vocab_size(cfg: Config) -> int:
-    """Tokenizer vocab from the data manifests (which must agree), unless the config sets it."""
-    if cfg.data.synthetic or not cfg.data.sources():
-        return cfg.model.vocab_size or 512
-    from dist_pretrain.data.loader import read_manifest
-
-    manifests = [(path, read_manifest(path)) for path, _ in cfg.data.sources()]
-    first_path, first = manifests[0]
-    for path, man in manifests:
-        for key, value, first_value in [("tokenizer vocab_hash", man["tokenizer"]["vocab_hash"],
-                                         first["tokenizer"]["vocab_hash"]),
-                                        ("seq_len", man["seq_len"], first["seq_len"])]:
-            if value != first_value:
-                raise ConfigError(f"data: {path} has {key} {value} but {first_path} has {first_value}; "
-                                  "blended datasets must share tokenizer and sequence length")
-    packed = first.get("format", "").startswith("dist_pretrain.lm")
-    if packed != (cfg.family == "gpt"):
-        wanted = "--format lm (packed sequences)" if cfg.family == "gpt" else "--format docs"
-        raise ConfigError(f"family={cfg.family} needs data preprocessed with {wanted}; {first_path} has "
-                          f"format {first.get('format')!r}")
-    if packed and first["seq_len"] != cfg.model.seq_length:
-        raise ConfigError(f"model.seq_length={cfg.model.seq_length} but {first_path} was preprocessed "
-                          f"with --seq-len {first['seq_len']}; set model.seq_length={first['seq_len']}")
-    return cfg.model.vocab_size or int(first["tokenizer"]["vocab_size"])
 
 
 def build_model_chunks(cfg: Config, family, tconfig, vocab_size: int) -> list[torch.nn.Module]:
@@ -176,11 +145,19 @@ def _global_metrics(outputs: list[dict], keys: list[str], rt: Runtime) -> dict[s
 class Trainer:
     def __init__(self, cfg: Config):
         versions.check()  # DeepSpeed / megatron-core internals: an untested version is an error
-        vocab = resolve_vocab_size(cfg)
-        validate(cfg, world_size_from_env(), vocab)
+        from dist_pretrain.preflight import check
+
+        report = check(cfg, world_size_from_env(), verify_checkpoint=False)  # rank 0 verifies it below
+        report.raise_errors()
+        vocab, self.eval_steps = report.vocab_size, report.eval_steps
         self.cfg = cfg
         par = cfg.parallel
         self.rt = init_distributed(par.tensor, par.pipeline, par.virtual_pipeline, par.timeout_minutes)
+        if self.rt.is_logging_rank:
+            for warning in report.warnings:
+                print(f"warning: {warning}", flush=True)
+            if report.eval_note and cfg.train.eval_interval:
+                print(report.eval_note, flush=True)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         seed_everything(cfg.seed)
@@ -220,20 +197,44 @@ class Trainer:
             path, warnings = checkpoint.resume_point(self.cfg.run_dir)
         else:
             path, warnings = Path(how), []
-            problem = checkpoint.verify(path)
-            if problem:
-                raise checkpoint.CheckpointError(f"checkpoint.resume={how}: {problem}")
+
+            def verified():  # rank 0 reads the files; every rank learns the verdict
+                problem = checkpoint.verify(path) if self.rt.env.rank == 0 else None
+                if problem:
+                    raise checkpoint.CheckpointError(f"checkpoint.resume={how} is not a usable checkpoint: "
+                                                     f"{problem}")
+
+            agree(verified, "resume")
         if self.rt.is_logging_rank:
             for warning in warnings:
                 print(f"warning: {warning}", flush=True)
         if path is None:
             return 0, 0
-        meta = checkpoint.load(self, path)
+        meta = agree(lambda: self._load(path), "resume")
         if self.rt.is_logging_rank:
             was = meta["layout"]
             print(f"resumed from {path} (step {meta['step']}; saved at TP {was['tp']} PP {was['pp']} "
                   f"DP {was['dp']} ZeRO-{was['zero_stage']})", flush=True)
         return int(meta["step"]), int(meta.get("skipped_steps", 0))
+
+    def _load(self, path: Path) -> dict:
+        from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
+
+        from dist_pretrain import checkpoint
+
+        try:
+            return checkpoint.load(self, path)
+        except checkpoint.CheckpointError:
+            raise
+        except (Exception, CheckpointException) as err:  # noqa: BLE001 - a checkpoint of another model
+            raise checkpoint.CheckpointError(f"checkpoint {path} does not load into this model "
+                                             f"({type(err).__name__}: {str(err).splitlines()[0][:300]})") from err
+
+    def _fetch(self, data, what: str):
+        """This step's micro-batches, read before the schedule starts: a data error (a corrupt
+        shard with data.on_corrupt=fail) on any rank stops every rank here, together, instead
+        of leaving the others waiting in the schedule's collectives."""
+        return iter(agree(lambda: [next(data) for _ in range(self.num_microbatches)], what))
 
     def _run_schedule(self, data, forward_only: bool, poison: bool = False) -> list[dict]:
         iterators = fan_out(data, self.num_chunks)
@@ -252,7 +253,8 @@ class Trainer:
         lr = learning_rate(step, self.cfg)
         self.engine.train()
         t0 = time.perf_counter()
-        outputs = self._run_schedule(self.train_data, forward_only=False, poison=step in fault_nan_steps())
+        data = self._fetch(self.train_data, "training data")
+        outputs = self._run_schedule(data, forward_only=False, poison=step in fault_nan_steps())
         grad_norm, applied = self.engine.step(lr)
         metrics = _global_metrics(outputs, self.metric_keys, self.rt)
         step_s = time.perf_counter() - t0
@@ -301,12 +303,12 @@ class Trainer:
         data = to_device(batches, self.rt.device)
         totals: dict[str, float] = {}
         try:
-            for _ in range(self.cfg.train.eval_steps):
+            for _ in range(self.eval_steps):
                 if stop is not None and stop.agreed():  # a stop signal cuts validation short
                     return {}
-                outputs = self._run_schedule(data, forward_only=True)
+                outputs = self._run_schedule(self._fetch(data, "validation data"), forward_only=True)
                 for key, value in _global_metrics(outputs, self.metric_keys, self.rt).items():
-                    totals[key] = totals.get(key, 0.0) + value / self.cfg.train.eval_steps
+                    totals[key] = totals.get(key, 0.0) + value / self.eval_steps
         finally:
             # stop this pass's loader workers now: left running they block the process exit
             data.close()
@@ -320,7 +322,8 @@ class Trainer:
     def fit(self) -> list[dict[str, Any]]:
         """Train to ``train.steps``; returns this run's per-step values.
 
-        Checkpoints every ``checkpoint.interval`` steps and at the end. After a stop signal
+        Checkpoints every ``checkpoint.interval`` steps and after the last step (with
+        ``checkpoint.save_final``, the default, also when there is no interval). After a stop signal
         (or ``checkpoint.exit_after_minutes``) every rank agrees at the next step boundary,
         a checkpoint is saved and the process exits with ``checkpoint.exit_code``
         (``StopTraining``), which Slurm scripts turn into a requeue.
@@ -358,7 +361,7 @@ class Trainer:
                               f"{stall:.2f}s", flush=True)
                 interval = cfg.checkpoint.interval
                 last = step == cfg.train.steps
-                periodic = interval and (step % interval == 0 or last)
+                periodic = (interval and step % interval == 0) or (last and (interval or cfg.checkpoint.save_final))
                 # a step whose update was skipped (non-finite) may start a divergence: keep `latest`
                 if (periodic and not self.skipped_in_a_row) or stopping:
                     stall = saver.save(step, block=last or stopping)
@@ -366,6 +369,8 @@ class Trainer:
                     if self.rt.is_logging_rank:
                         print(f"checkpoint of step {step}: training stalled {stall:.2f}s"
                               f"{' (files written in the background)' if saver.in_flight else ''}", flush=True)
+                    if last and self.rt.is_logging_rank:
+                        print(f"final checkpoint: {saver.root / f'step-{step:08d}'}", flush=True)
                 if stopping:
                     raise StopTraining(cfg.checkpoint.exit_code, f"{stop.reason}: checkpoint of step {step} saved")
         finally:

@@ -14,7 +14,7 @@ import os
 import sys
 from importlib import metadata
 
-from dist_pretrain.config import ConfigError
+from dist_pretrain.errors import ConfigError
 
 OVERRIDE_ENV = "DIST_PRETRAIN_ALLOW_UNTESTED_VERSIONS"
 

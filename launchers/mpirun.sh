@@ -27,13 +27,14 @@ while [ $# -gt 0 ]; do
     *) overrides+=("$1"); shift ;;
   esac
 done
-if [ -z "$n" ]; then
-  n="$("$py" -c 'import sys; from dist_pretrain.config import load_config
-try:
-    print(load_config(sys.argv[1], sys.argv[2:]).parallel.nproc)
-except Exception as e:
-    sys.exit(f"error: {e}")' "$config" ${overrides[@]+"${overrides[@]}"})"
-fi
+# Pre-flight: the whole check (config, data, checkpoint, paths) at the world size about to
+# start, in one process: an error is printed once and no rank starts (exit 2).
+nproc_override=(); world=()
+[ -n "$n" ] && world=(--world-size "$n")
+[ -n "$n" ] && [ -z "$hostfile" ] && nproc_override=(parallel.nproc="$n")  # all ranks on this node
+n_config="$("$py" -m dist_pretrain check "$config" ${overrides[@]+"${overrides[@]}"} \
+  ${nproc_override[@]+"${nproc_override[@]}"} ${world[@]+"${world[@]}"} --print parallel.nproc)" || exit 2
+n=${n:-$n_config}
 
 mpiexec="${MPIEXEC:-}"
 if [ -z "$mpiexec" ]; then

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Train on one node: launchers/torchrun.sh CONFIG [key.sub=value ...] [--nproc N]
 # Processes per node come from --nproc, else the config's parallel.nproc (after overrides).
+# The config is checked first (`dist-pretrain check`); a job that fails ends in one line.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 py="${PYTHON:-$( [ -x "$here/.venv/bin/python" ] && echo "$here/.venv/bin/python" || command -v python3 )}"
@@ -9,18 +10,17 @@ config="$1"; shift
 nproc=""; overrides=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --nproc) nproc="$2"; shift 2 ;;
+    --nproc) [ $# -ge 2 ] || { echo "error: --nproc needs a process count" >&2; exit 2; }; nproc="$2"; shift 2 ;;
     --nproc=*) nproc="${1#*=}"; shift ;;
     *) overrides+=("$1"); shift ;;
   esac
 done
-if [ -z "$nproc" ]; then
-  nproc="$("$py" -c 'import sys; from dist_pretrain.config import load_config
-try:
-    print(load_config(sys.argv[1], sys.argv[2:]).parallel.nproc)
-except Exception as e:
-    sys.exit(f"error: {e}")' "$config" ${overrides[@]+"${overrides[@]}"})"
-fi
+# Pre-flight: the whole check (config, data, checkpoint, paths) at the world size about to
+# start, in one process: an error is printed once and nothing starts (exit 2).
+nproc_override=()
+[ -n "$nproc" ] && nproc_override=(parallel.nproc="$nproc")
+nproc="$("$py" -m dist_pretrain check "$config" ${overrides[@]+"${overrides[@]}"} \
+  ${nproc_override[@]+"${nproc_override[@]}"} --print parallel.nproc)" || exit 2
 # one intra-op thread per core share, unless the caller decided
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( $(nproc) / nproc > 0 ? $(nproc) / nproc : 1 ))}"
 export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}"

@@ -110,3 +110,17 @@ def run_group(cmd, timeout, **kwargs) -> subprocess.CompletedProcess:
     finally:
         kill_tree(proc.pid)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def demo_shards(root, samples_per_shard: int, seq_len: int = 64):
+    """The demo corpus (real English, C4 layout) under ``root``, as GPT-2 shards in ``root/shards``."""
+    import sys
+    from pathlib import Path
+
+    root = Path(root)
+    py = [sys.executable, "-m", "dist_pretrain"]
+    subprocess.run(py + ["demo-corpus", "--output", str(root)], check=True, capture_output=True)
+    subprocess.run(py + ["preprocess", "--input", str(root / "c4/en/*.json.gz"), "--tokenizer", "gpt2",
+                         "--seq-len", str(seq_len), "--samples-per-shard", str(samples_per_shard),
+                         "--output", str(root / "shards"), "--quiet"], check=True, capture_output=True)
+    return root / "shards"

@@ -78,8 +78,8 @@ def test_round_trip_reproduces_token_stream(data, tok, split, pattern):
         stream = [t for ids in tok.encode_batch(_docs([f])) for t in ids + [tok.eos_id]]
         n = (len(stream) - 1) // SEQ_LEN
         expected += [stream[i * SEQ_LEN: i * SEQ_LEN + SEQ_LEN + 1] for i in range(n)]
-    loader = build_lm_loader(out, split, 1, 0, 1, num_workers=0)
-    samples = [b["tokens"][0].numpy() for b in loader]
+    loader = build_lm_loader(out, split, 0, 1, num_workers=0)
+    samples = [b["tokens"] for b in loader]
     assert all(s.shape == (SEQ_LEN + 1,) for s in samples)
     assert len(samples) == m["splits"][split]["samples"] == len(expected)
     assert [s.tolist() for s in samples] == expected
@@ -103,24 +103,40 @@ def test_manifest(data, tok):
     assert all("validation" in f for s in m["splits"]["valid"]["shards"] for f in s["source_files"])
 
 
-def _rows(loader, n=None):
-    rows = []
-    for i, b in enumerate(loader):
-        if n is not None and i == n:
-            break
-        rows += [r.numpy().tobytes() for r in b["tokens"]]
-    return rows
+def _rows(loader):
+    return [(b["index"], b["tokens"].tobytes()) for b in loader]
 
 
 @pytest.mark.parametrize("split,dp_size,workers", [("train", 2, 2), ("valid", 4, 2), ("valid", 2, 3)])
 def test_exactly_once_dp_ranks_are_disjoint_and_complete(data, split, dp_size, workers):
     out = data[1]
     total = read_manifest(out)["splits"][split]["samples"]
-    loaders = [build_lm_loader(out, split, 8, r, dp_size, num_workers=workers)
-               for r in range(dp_size)]
+    loaders = [build_lm_loader(out, split, r, dp_size, block=8, num_workers=workers) for r in range(dp_size)]
     per_rank = [_rows(ld) for ld in loaders]
     assert [len(r) for r in per_rank] == [ld.num_samples for ld in loaders]
     assert sum(map(len, per_rank)) == total == len(set().union(*map(set, per_rank)))
+    # dealt by sample in blocks of 8: rank r holds samples [8r, 8r + 8) of every 8 x dp_size
+    for r, rows in enumerate(per_rank):
+        assert all((i // 8) % dp_size == r for i, _ in rows)
+        assert [i for i, _ in rows] == sorted(i for i, _ in rows)
+
+
+@pytest.mark.parametrize("dp_size,workers", [(2, 1), (4, 3), (1, 3)])
+def test_evaluated_samples_do_not_depend_on_dp_size_or_workers(data, dp_size, workers):
+    """The first n samples in manifest order, each once, every rank the same count, and the
+    same micro-batches (4 consecutive samples) as one rank with no worker process reads."""
+    out = data[1]
+    n, block = 3 * 16, 16 // dp_size
+    one = list(build_lm_loader(out, "valid", 0, 1, block=16, num_workers=0, limit=n))
+    assert [s["index"] for s in one] == list(range(n))
+    per_rank = [list(build_lm_loader(out, "valid", r, dp_size, block=block, num_workers=workers, limit=n))
+                for r in range(dp_size)]
+    assert {len(p) for p in per_rank} == {n // dp_size}
+    merged = sorted((s for p in per_rank for s in p), key=lambda s: s["index"])
+    assert [s["index"] for s in merged] == list(range(n))
+    assert all((a["tokens"] == b["tokens"]).all() for a, b in zip(merged, one))
+    micro = {tuple(s["index"] for s in p[i:i + 4]) for p in per_rank for i in range(0, len(p), 4)}
+    assert micro == {tuple(range(i, i + 4)) for i in range(0, n, 4)}
 
 
 def test_bad_lines_txt_and_val_fraction(tmp_path):
@@ -141,6 +157,6 @@ def test_bad_lines_txt_and_val_fraction(tmp_path):
 
 def test_missing_data_dir_says_how_to_create_it(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"does not exist.*dist-pretrain preprocess"):
-        build_lm_loader(str(tmp_path / "nope"), "train", 2, 0, 1)
+        build_lm_loader(str(tmp_path / "nope"), "train", 0, 1)
     with pytest.raises(FileNotFoundError, match=r"manifest\.json not found.*dist-pretrain preprocess"):
         read_manifest(str(tmp_path))

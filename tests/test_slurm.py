@@ -281,3 +281,26 @@ def test_preprocess_under_srun_pmi2_matches_one_rank(cluster, tmp_path):
     for split in m1["splits"].values():
         for s in split["shards"]:
             assert _sha(one / s["path"]) == _sha(two / s["path"]) == s["sha256"]
+
+
+@pytest.mark.parametrize("args,env,fragment", [
+    (["train.warmup_steps=200"], {}, "train.warmup_steps=200 exceeds train.steps=20"),
+    (["parallel.tensor=4"], {"NPROC_PER_NODE": "1"}, "world size 2 is not divisible by parallel.tensor=4"),
+    (["checkpoint.resume=runs/gone/checkpoints/step-00000004"], {"LAUNCH": "srun"},
+     "checkpoint.resume=runs/gone/checkpoints/step-00000004 does not exist"),
+], ids=["cross-field", "world-size-of-the-allocation", "resume-path-missing-direct-srun"])
+def test_bad_input_fails_in_the_batch_script_before_any_node_starts(cluster, tmp_path, args, env, fragment):
+    """The pre-flight runs in the batch script at the job's world size (2 nodes): one error
+    line in the job log, exit 2, no srun step, no run directory, no traceback."""
+    t0 = time.monotonic()
+    job = cluster.submit(tmp_path, "--nodes=2", "--job-name=bad", str(ROOT / "slurm/pretrain.sbatch"), CFG,
+                         *TRAIN, *args, env=env)
+    log = tmp_path / f"logs/bad_{job}.out"
+    info = cluster.wait(job, log, timeout=60)
+    text = log.read_text()
+    assert info["JobState"] == "FAILED" and info["ExitCode"] == "2:0", _tail(log)
+    errors = [line for line in text.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and fragment in errors[0], text
+    assert "Traceback" not in text and "srun exited" not in text and "rank 0/" not in text, text
+    assert not (tmp_path / "runs").exists()
+    assert time.monotonic() - t0 < 60

@@ -4,12 +4,11 @@ training through launchers/torchrun.sh -> TensorBoard scalars read back from dis
 import math
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from launch import run_group
+from launch import demo_shards, run_group
 
 from dist_pretrain.families.gpt import lm_flops_per_token
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -26,13 +25,7 @@ TAGS = ["train/loss", "train/lr", "train/grad_norm", "val/loss", "val/perplexity
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    py = [sys.executable, "-m", "dist_pretrain"]
-    subprocess.run(py + ["demo-corpus", "--output", str(root)], check=True, capture_output=True)
-    subprocess.run(py + ["preprocess", "--input", str(root / "c4/en/*.json.gz"), "--tokenizer", "gpt2",
-                         "--seq-len", "64", "--samples-per-shard", "64", "--output", str(root / "shards"),
-                         "--quiet"], check=True, capture_output=True)
-    return root / "shards"
+    return demo_shards(tmp_path_factory.mktemp("demo"), samples_per_shard=64)
 
 
 def _launch(*args, timeout=300):

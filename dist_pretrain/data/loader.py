@@ -1,71 +1,59 @@
 """Exactly-once evaluation loader over the WebDataset shards written by ``preprocess``.
 
-Training reads through ``stream.py`` (resampled, blended, resumable); validation needs
-every sample of the split exactly once instead. Sharding uses the *data-parallel* rank
-and size passed in, never ``torch.distributed.get_rank()``: all TP/PP ranks of one DP
-replica must see identical batches.
+Training reads through ``stream.py`` (resampled, blended, resumable); validation needs a
+fixed set of samples, each read once, that does not depend on the layout:
 
-With fewer shards than DP ranks, every rank reads all shards and keeps every
-``dp_size``-th sample; with fewer shards than workers, fewer workers are started. So no
-rank waits on another at the end of a pass, whatever the shard counts: batches may be
-ragged at the end and ranks may get different batch counts (see ``num_samples``), which
-is why the trainer runs a fixed number of full evaluation batches on every rank.
+* **Which samples.** The first ``n`` samples of the split in manifest order (shards in
+  manifest order, samples in tar order). The trainer asks for ``n = eval_steps x G``
+  (``G`` = global batch size): the same samples at every DP size and worker count, so
+  ``val/loss`` is a measurement of the model, not of the layout. ``eval_steps: all`` is
+  every full global batch of the split; the last ``N mod G`` samples, which cannot give
+  every rank the same number of full micro-batches, are left out (and the trainer says
+  how many).
+* **Dealt by sample, not by shard.** Evaluation step ``s`` covers samples
+  ``[s*G, (s+1)*G)``; DP rank ``r`` of ``D`` takes the contiguous block
+  ``[s*G + r*G/D, s*G + (r+1)*G/D)`` of it, exactly as the training stream deals a global
+  batch. Every rank thus gets the same number of full micro-batches whatever the shard
+  sizes, and micro-batch boundaries fall on the same samples at any DP size.
+* **Workers.** The shards holding a rank's samples are dealt round-robin to its DataLoader
+  workers; each sample travels with its position in the rank's sequence and the main
+  process puts them back in that order (holding early arrivals), so the worker count
+  changes nothing but speed.
+
+Sharding uses the *data-parallel* rank and size passed in, never
+``torch.distributed.get_rank()``: all TP/PP ranks of one DP replica must see identical
+batches.
 """
 from __future__ import annotations
 
-import functools
 import io
-import json
 import os
 
 import numpy as np
-import torch
 import webdataset as wds
-from torch.utils.data import DataLoader, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from dist_pretrain.data.preprocess import MANIFEST
-
-
-def read_manifest(data_dir: str) -> dict:
-    """Load ``data_dir/manifest.json`` or fail with a message that says how to create it."""
-    hint = (f"create it with: dist-pretrain preprocess --input 'c4/en/*.json.gz' "
-            f"--tokenizer gpt2 --seq-len 2048 --output {data_dir}")
-    if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"data directory {data_dir!r} does not exist; {hint}")
-    path = os.path.join(data_dir, MANIFEST)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: {data_dir!r} is not a preprocessed dataset; {hint}")
-    with open(path) as f:
-        return json.load(f)
+from dist_pretrain.data.manifest import (  # noqa: F401 - read_manifest is part of this API
+    DataError,
+    MissingDataError,
+    missing_shards_message,
+    read_manifest,
+    shard_problems,
+    split_shards,
+)
 
 
-def _worker() -> tuple[int, int]:
-    info = get_worker_info()
-    return (info.id, info.num_workers) if info is not None else (0, 1)
-
-
-def dp_nodesplitter(urls, dp_rank: int, dp_size: int):
-    """Shards of one DP rank; every rank gets all of them when there are too few to split."""
-    urls = list(urls)
-    return urls[dp_rank::dp_size] if len(urls) >= dp_size else urls
-
-
-def _split_by_worker(src):
-    wid, nworkers = _worker()
-    for i, item in enumerate(src):
-        if i % nworkers == wid:
-            yield item
-
-
-def _every_nth(src, offsets: dict, dp_rank: int, dp_size: int):
-    """Keep samples whose dataset-wide ordinal is dp_rank mod dp_size (offsets: url -> first ordinal)."""
-    url, pos = None, 0
-    for sample in src:
-        if sample["__url__"] != url:
-            url, pos = sample["__url__"], 0
-        if (offsets[url] + pos) % dp_size == dp_rank:
-            yield sample
-        pos += 1
+def dealt_indices(n: int, block: int, dp_rank: int, dp_size: int) -> list[int]:
+    """Global sample indices of DP rank ``dp_rank``, in order: its block of ``block`` samples
+    from every group of ``block * dp_size`` consecutive samples among the first ``n``."""
+    if not 0 <= dp_rank < dp_size:
+        raise ValueError(f"dp_rank={dp_rank} must be in [0, dp_size={dp_size})")
+    if block < 1:
+        raise ValueError(f"block={block} must be >= 1")
+    out: list[int] = []
+    for start in range(dp_rank * block, n, block * dp_size):
+        out.extend(range(start, min(start + block, n)))
+    return out
 
 
 def _decode(sample: dict) -> dict[str, np.ndarray]:
@@ -74,47 +62,85 @@ def _decode(sample: dict) -> dict[str, np.ndarray]:
             for name, data in sample.items() if name.endswith(".npy")}
 
 
-def _collate(samples: list[dict[str, np.ndarray]]) -> dict:
-    # webdataset's map stage adds "__key__" back to dict samples: keep only the arrays
-    return {name: torch.from_numpy(np.stack([s[name] for s in samples])).long()
-            for name in samples[0] if not name.startswith("__")}
+class _DealtSamples(IterableDataset):
+    """(position in the rank's sequence, global index, fields) of the wanted samples; each
+    worker reads its round-robin share of the shards, each shard once."""
+
+    def __init__(self, plan: list[tuple[str, dict[int, tuple[int, int]]]]):
+        self.plan = plan  # (shard url, {sample ordinal in shard: (position, global index)})
+
+    def __iter__(self):
+        info = get_worker_info()
+        wid, nworkers = (info.id, info.num_workers) if info is not None else (0, 1)
+        for url, wanted in self.plan[wid::nworkers]:
+            last = max(wanted)
+            samples = wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples())
+            for ordinal, sample in enumerate(samples):
+                if ordinal in wanted:
+                    position, index = wanted[ordinal]
+                    yield position, index, _decode(sample)
+                if ordinal == last:
+                    break
+
+
+def _as_is(item):
+    """DataLoader collation that keeps NumPy arrays (its default would make tensors)."""
+    return item
 
 
 class LMLoader:
-    """Iterable of ``{"tokens": LongTensor[<= micro_batch_size, seq_len + 1]}`` batches; each
-    ``for`` loop is a fresh pass. ``num_samples`` is this DP rank's share of the split."""
+    """Iterable of this DP rank's samples, in order, as ``{"index": global index, "tokens":
+    ndarray[, "sentences": ndarray]}``; each ``for`` loop is a fresh pass. ``num_samples`` is
+    how many this rank gets, ``split_samples`` how many the split holds."""
 
-    def __init__(self, loader: DataLoader, seq_len: int, num_samples: int, manifest: dict):
-        self.loader, self.seq_len, self.num_samples, self.manifest = loader, seq_len, num_samples, manifest
+    def __init__(self, loader: DataLoader, data_dir: str, split: str, num_samples: int, split_samples: int,
+                 manifest: dict):
+        self.loader, self.data_dir, self.split = loader, data_dir, split
+        self.num_samples, self.split_samples, self.manifest = num_samples, split_samples, manifest
+        self.seq_len = manifest["seq_len"]
 
     def __iter__(self):
-        return iter(self.loader)
+        pending: dict[int, tuple[int, dict]] = {}
+        expected = 0
+        for position, index, fields in self.loader:
+            pending[int(position)] = (int(index), fields)
+            while expected in pending:
+                index, fields = pending.pop(expected)
+                yield {"index": index, **fields}
+                expected += 1
+        if expected != self.num_samples:
+            raise DataError(f"the {self.split!r} split of {self.data_dir} gave {expected} of this rank's "
+                            f"{self.num_samples} samples: a shard holds fewer samples than its manifest "
+                            f"says; re-run `dist-pretrain preprocess` for {self.data_dir}")
 
 
-def build_lm_loader(data_dir: str, split: str, micro_batch_size: int, dp_rank: int, dp_size: int,
-                    num_workers: int = 1, worker_init_fn=None) -> LMLoader:
-    """Every sample of ``split`` once, this data-parallel rank's share (see module docstring).
-    ``worker_init_fn`` runs in each DataLoader worker (see ``faults.loader_worker_init``)."""
-    if not 0 <= dp_rank < dp_size:
-        raise ValueError(f"dp_rank={dp_rank} must be in [0, dp_size={dp_size})")
+def build_lm_loader(data_dir: str, split: str, dp_rank: int, dp_size: int, block: int = 1,
+                    num_workers: int = 1, limit: int | None = None, worker_init_fn=None) -> LMLoader:
+    """The first ``limit`` samples of ``split`` (all by default), this DP rank's blocks of
+    ``block`` (see the module docstring). ``worker_init_fn`` runs in each DataLoader worker
+    (the trainer's makes stop signals harmless there, see ``faults.loader_worker_init``)."""
     manifest = read_manifest(data_dir)
-    info = manifest["splits"].get(split)
-    if not info or not info["shards"]:
-        raise ValueError(f"split {split!r} has no shards in {data_dir} (splits: "
-                         f"{sorted(k for k, v in manifest['splits'].items() if v['shards'])}); "
-                         "validation data comes from files named *validation* or --val-fraction")
-    shards = info["shards"]
-    urls = [os.path.join(data_dir, s["path"]) for s in shards]
-    rank_urls = dp_nodesplitter(urls, dp_rank, dp_size)
-    num_workers = min(num_workers, len(rank_urls))  # an idle worker would just end at once
-    stages = [wds.SimpleShardList(rank_urls), _split_by_worker, wds.tarfile_to_samples()]
-    if len(rank_urls) == len(urls) and dp_size > 1:
-        offsets = dict(zip(urls, np.cumsum([0] + [s["samples"] for s in shards]).tolist()))
-        stages.append(functools.partial(_every_nth, offsets=offsets, dp_rank=dp_rank, dp_size=dp_size))
-        num_samples = len(range(dp_rank, info["samples"], dp_size))
-    else:
-        num_samples = sum(s["samples"] for s in shards[dp_rank::dp_size])
-    stages += [wds.map(_decode), wds.batched(micro_batch_size, collation_fn=_collate, partial=True)]
-    loader = DataLoader(wds.DataPipeline(*stages), batch_size=None, num_workers=num_workers,
-                        pin_memory=torch.cuda.is_available(), worker_init_fn=worker_init_fn)
-    return LMLoader(loader, manifest["seq_len"], num_samples, manifest)
+    shards = split_shards(data_dir, manifest, split)
+    missing, wrong = shard_problems(data_dir, shards)
+    if missing:
+        raise MissingDataError(missing_shards_message(data_dir, missing))
+    if wrong:  # an exactly-once pass cannot skip a shard: every rank must get its samples
+        raise DataError(f"the {split!r} split of {data_dir} has shards of the wrong size: {wrong[:3]}; "
+                        f"re-run `dist-pretrain preprocess` for {data_dir}")
+    total = sum(s["samples"] for s in shards)
+    n = total if limit is None else limit
+    if n > total:
+        raise DataError(f"asked for {n} samples of the {split!r} split of {data_dir}, which holds {total}")
+    mine = dealt_indices(n, block, dp_rank, dp_size)
+    offsets = np.cumsum([0] + [s["samples"] for s in shards])
+    plan: list[tuple[str, dict[int, tuple[int, int]]]] = []
+    for position, index in enumerate(mine):
+        k = int(np.searchsorted(offsets, index, side="right")) - 1
+        url = os.path.join(data_dir, shards[k]["path"])
+        if not plan or plan[-1][0] != url:
+            plan.append((url, {}))
+        plan[-1][1][index - int(offsets[k])] = (position, index)
+    num_workers = min(num_workers, len(plan))  # an idle worker would just end at once
+    loader = DataLoader(_DealtSamples(plan), batch_size=None, num_workers=num_workers, collate_fn=_as_is,
+                        worker_init_fn=worker_init_fn)
+    return LMLoader(loader, data_dir, split, len(mine), total, manifest)

@@ -64,12 +64,12 @@ from typing import Iterator
 
 import numpy as np
 
+from dist_pretrain.data.manifest import MANIFEST
 from dist_pretrain.data.mpi import Comm, threads_per_rank, world
 from dist_pretrain.data.sentences import split_sentences
 from dist_pretrain.data.tokenizer import TextTokenizer, load_tokenizer
 
 SPLITS = ("train", "valid")
-MANIFEST = "manifest.json"
 STATS = "preprocess_stats.json"
 PARTS = ".parts"
 LM_FORMAT = "dist_pretrain.lm/1"   # manifest "format" of --format lm

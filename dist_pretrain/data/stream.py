@@ -43,14 +43,30 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from dist_pretrain.data.manifest import (
+    MissingDataError,
+    missing_shards_message,
+    read_manifest,
+    shard_problems,
+    split_shards,
+)
+from dist_pretrain.errors import UserError
+
 GOLDEN = (5**0.5 - 1) / 2
 
 
-class CorruptShardError(RuntimeError):
+class CorruptShardError(UserError, RuntimeError):
     """A shard that cannot be read, with on_corrupt='fail'."""
 
+    @classmethod
+    def from_worker(cls, err: "CorruptShardError") -> "CorruptShardError":
+        """The error as the shard reader raised it: a DataLoader worker's copy carries the
+        worker's traceback in its message, with the original message on the last line."""
+        last = str(err).rstrip().splitlines()[-1]
+        return cls(last.split("CorruptShardError: ", 1)[-1])
 
-def _seed(*parts) -> int:
+
+def sample_seed(*parts) -> int:
     # sha256, not hash(): str hashing changes per process
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
 
@@ -73,18 +89,12 @@ class Source:
 
 def load_source(path: str, weight: float, split: str = "train") -> Source:
     """A preprocessed dataset (``manifest.json``), its shard paths checked up front."""
-    from dist_pretrain.data.loader import read_manifest
-
-    info = read_manifest(path)["splits"].get(split) or {}
-    entries = info.get("shards") or []
-    if not entries:
-        raise ValueError(f"dataset {path!r} has no {split!r} shards")
-    shards = tuple(Shard(os.path.join(path, s["path"]), int(s["samples"]), s.get("bytes"))
-                   for s in entries if s["samples"] > 0)
-    missing = [s.url for s in shards if not os.path.exists(s.url)]
+    manifest = read_manifest(path)
+    entries = split_shards(path, manifest, split)
+    shards = tuple(Shard(os.path.join(path, s["path"]), int(s["samples"]), s.get("bytes")) for s in entries)
+    missing, _ = shard_problems(path, entries)
     if missing:
-        raise FileNotFoundError(f"{len(missing)} shard(s) listed in {path}/manifest.json are missing, "
-                                f"e.g. {missing[:3]}; re-run `dist-pretrain preprocess` for {path}")
+        raise MissingDataError(missing_shards_message(path, missing))
     return Source(path, float(weight), shards)
 
 
@@ -102,7 +112,7 @@ class SubStream:
                  shuffle_buffer: int, on_corrupt: str, skipped: list[str]):
         self.sources, self.seed, self.index = sources, seed, index
         self.shuffle_buffer, self.on_corrupt, self.skipped = shuffle_buffer, on_corrupt, skipped
-        self.phase = random.Random(_seed("phase", seed, index)).random()
+        self.phase = random.Random(sample_seed("phase", seed, index)).random()
         self.position = start
         weights = [s.weight for s in sources]
         counts = np.bincount(blend_choices(weights, self.phase, 0, start), minlength=len(sources))
@@ -125,7 +135,7 @@ class SubStream:
     def _source_iter(self, d: int, skip: int) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
         """Samples of dataset ``d`` for this sub-stream, starting after ``skip`` of them."""
         source = self.sources[d]
-        draws = random.Random(_seed("draws", self.seed, self.index, d))
+        draws = random.Random(sample_seed("draws", self.seed, self.index, d))
         draw = 0
         while True:
             shard = source.shards[draws.randrange(len(source.shards))]
@@ -135,7 +145,7 @@ class SubStream:
             if skip >= shard.samples:  # fast-forward on resume without opening the shard
                 skip -= shard.samples
                 continue
-            yield from self._read(shard, _seed("shuffle", self.seed, self.index, d, draw), skip)
+            yield from self._read(shard, sample_seed("shuffle", self.seed, self.index, d, draw), skip)
             skip = 0
 
     def _read(self, shard: Shard, shuffle_seed: int, skip: int) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
@@ -200,7 +210,7 @@ class _RankStreams(IterableDataset):
         step = self.start_step
         while True:
             samples = [next(s) for s in subs]
-            examples = [self.transform(f, np.random.default_rng(_seed("sample", self.seed, step, j)), prev)
+            examples = [self.transform(f, np.random.default_rng(sample_seed("sample", self.seed, step, j)), prev)
                         for j, (_, f, _), prev in zip(mine, samples, previous)]
             previous = [f for _, f, _ in samples]
             yield {"step": step, "streams": mine, "keys": [k for k, _, _ in samples],
@@ -236,7 +246,10 @@ def _micro_batches(loader: DataLoader, workers: int, micro_batch_size: int, prog
     """
     blocks = iter(loader)
     while True:
-        parts = [next(blocks) for _ in range(workers)]
+        try:
+            parts = [next(blocks) for _ in range(workers)]
+        except CorruptShardError as err:
+            raise CorruptShardError.from_worker(err) from None
         assert all(p["step"] == progress.step for p in parts), "workers out of step"
         order = sorted(((j, p, i) for p in parts for i, j in enumerate(p["streams"])),
                        key=lambda item: item[0])

@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from dist_pretrain.data.stream import _seed, lm_sample, stack
+from dist_pretrain.data.stream import lm_sample, sample_seed, stack
 
 
 def progression(index: int, seed: int, low: int, high: int, length: int) -> np.ndarray:
@@ -47,7 +47,7 @@ def synthetic_batches(fields: Callable[[int], dict], global_batch_size: int, mic
         examples = []
         for j in range(dp_rank * per_rank, (dp_rank + 1) * per_rank):
             previous = fields((step - 1) * global_batch_size + j) if step else None  # same sub-stream
-            rng = np.random.default_rng(_seed("sample", seed, step, j))
+            rng = np.random.default_rng(sample_seed("sample", seed, step, j))
             examples.append(transform(fields(step * global_batch_size + j), rng, previous))
         for m in range(0, per_rank, micro_batch_size):
             yield stack(examples[m:m + micro_batch_size])

@@ -74,43 +74,41 @@ def family_batches(cfg: Config, split: str, dp_rank: int, dp_size: int, micro_ba
             worker_init_fn=loader_worker_init(cfg.checkpoint.signals),
         )
     from dist_pretrain.data.loader import build_lm_loader
+    from dist_pretrain.data.manifest import eval_steps_for, read_manifest, split_shards
 
-    loader = build_lm_loader(cfg.data.valid_path or cfg.data.sources()[0][0], "valid",
-                             micro_batch_size=1, dp_rank=dp_rank, dp_size=dp_size,
-                             num_workers=cfg.data.num_workers,
+    path = cfg.data.valid_path or cfg.data.sources()[0][0]
+    total = sum(s["samples"] for s in split_shards(path, read_manifest(path), "valid"))
+    global_batch = cfg.train.global_batch_size
+    steps = eval_steps_for(cfg.train.eval_steps, global_batch, total, path)
+    loader = build_lm_loader(path, "valid", dp_rank, dp_size, block=global_batch // dp_size,
+                             num_workers=cfg.data.num_workers, limit=steps * global_batch,
                              worker_init_fn=loader_worker_init(cfg.checkpoint.signals))
     return _validation_batches(loader, micro_batch_size, transform, seed)
 
 
 def _validation_batches(loader, micro_batch_size: int, transform: Callable, seed: int):
-    """Validation passes over the exactly-once loader, repeated as often as evaluation asks.
+    """One validation pass: this rank's samples (see ``data/loader.py``) in micro-batches.
 
-    Every rank runs the same fixed number of evaluation micro-batches (no rank may stop
-    early and leave the others in a collective), and pipeline stages exchange fixed
-    shapes, so a short last batch is dropped. Examples are seeded by their index in the
-    pass, so validation masks are the same at every evaluation.
+    The loader deals every rank whole micro-batches. Examples are seeded by the sample's
+    index in the split, so validation masks are the same at every evaluation, DP size and
+    worker count.
     """
     import numpy as np
 
-    from dist_pretrain.data.stream import _seed, stack
+    from dist_pretrain.data.stream import sample_seed, stack
 
-    while True:
-        examples = []
-        for index, sample in enumerate(loader):
-            fields = {k: v[0].numpy() for k, v in sample.items() if isinstance(v, torch.Tensor)}
-            examples.append(transform(fields, np.random.default_rng(_seed("valid", seed, index)), None))
-            if len(examples) == micro_batch_size:
-                yield stack(examples)
-                examples = []
-        if index + 1 < micro_batch_size:
-            raise ValueError(f"validation split has fewer than micro_batch_size={micro_batch_size} "
-                             "samples for this data-parallel rank; lower train.micro_batch_size or "
-                             "add validation data")
+    examples = []
+    for sample in loader:
+        index = sample.pop("index")
+        examples.append(transform(sample, np.random.default_rng(sample_seed("valid", seed, index)), None))
+        if len(examples) == micro_batch_size:
+            yield stack(examples)
+            examples = []
 
 
 def tokenizer_for(cfg: Config):
     """The tokenizer the data was made with (special and sentinel ids), checked against it."""
-    from dist_pretrain.data.loader import read_manifest
+    from dist_pretrain.data.manifest import read_manifest
     from dist_pretrain.data.tokenizer import load_tokenizer
 
     manifest = read_manifest(cfg.data.sources()[0][0])

@@ -125,7 +125,7 @@ def worker(cases: list[dict], out: str, steps: int) -> None:
         config = CONFIG
         overrides = [f"train.steps={steps}", "train.log_interval=1000", "monitor.tensorboard=false",
                      f"parallel.nproc={int(os.environ['WORLD_SIZE'])}", "monitor.peak_tflops=1",
-                     f"run_dir={tempfile.mkdtemp()}"]
+                     "checkpoint.save_final=false", f"run_dir={tempfile.mkdtemp()}"]
         for item in case["overrides"]:
             if item.startswith("config="):  # which family's tiny config
                 config = CONFIGS / item.split("=", 1)[1] / "tiny.yaml"
