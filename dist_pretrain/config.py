@@ -122,6 +122,10 @@ class CheckpointConfig(_Section):
     exit_after_minutes: Optional[float] = Field(None, gt=0)
     async_save: bool = Field(False, description="write checkpoint files in a forked background process "
                              "while training goes on (the final and signal-triggered saves still block)")
+    init_from: Optional[str] = Field(None, description="weights only (fresh optimizer, step 0) from a checkpoint "
+                                     "or run directory, or an imported HF model, when there is nothing to resume")
+    init_allow_missing: list[str] = Field([], description="patterns of parameters init_from may lack (new heads)")
+    init_allow_unexpected: list[str] = Field([], description="patterns of init_from weights the model lacks")
 
 
 class ObjectiveConfig(_Section):
