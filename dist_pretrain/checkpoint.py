@@ -136,7 +136,7 @@ def load_training_state(engine, chunks, directory: Path, step: int) -> None:
 # --------------------------------------------------------------------------- files
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -180,7 +180,7 @@ def verify(directory: Path) -> str | None:
             return f"{name} is missing"
         if path.stat().st_size != entry["bytes"]:
             return f"{name} has {path.stat().st_size} bytes, manifest says {entry['bytes']} (truncated?)"
-        if _sha256(path) != entry["sha256"]:
+        if sha256_file(path) != entry["sha256"]:
             return f"{name} does not match its sha256 (corrupt)"
     return None
 
@@ -385,7 +385,7 @@ class Checkpointer:
         """Rank 0 turns ``tmp-step-N`` into ``step-N``: meta, checksums, fsync, rename, ``latest``, prune."""
         tmp, final = self.root / f"tmp-step-{step:08d}", self.root / f"step-{step:08d}"
         (tmp / "meta.json").write_text(json.dumps(meta))
-        files = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        files = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
                  for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / "manifest.json").write_text(json.dumps({"step": step, "files": files}, indent=1))
         _fsync_tree(tmp)

@@ -1,4 +1,4 @@
-"""``dist-pretrain`` command: train, preprocess, tokenizer train, demo-corpus."""
+"""``dist-pretrain`` command: train, preprocess, tokenizer train, demo-corpus, checkpoint, export, import."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def _train(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"train", "preprocess", "demo-corpus", "tokenizer", "checkpoint"}
+    commands = {"train", "preprocess", "demo-corpus", "tokenizer", "checkpoint", "export", "import"}
     if not argv or argv[0] not in commands:
         print(f"usage: dist-pretrain {{{','.join(sorted(commands))}}} ...", file=sys.stderr)
         return 2
@@ -72,6 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         from dist_pretrain.checkpoint import main as checkpoint_main
 
         return checkpoint_main(rest)
+    if cmd == "export":
+        from dist_pretrain.interop.hf_export import main as export_main
+
+        return export_main(rest)
+    if cmd == "import":
+        from dist_pretrain.interop.hf_import import main as import_main
+
+        return import_main(rest)
     if cmd == "tokenizer":
         if not rest or rest[0] != "train":
             print("usage: dist-pretrain tokenizer train --kind bpe|wordpiece|unigram|sentencepiece ...",

@@ -31,6 +31,12 @@ class ModelConfig(_Section):
     max_position_embeddings: Optional[int] = Field(None, ge=1, description="default seq_length")
     position_embedding: Literal["learned", "rope"] = "learned"
     rotary_base: int = Field(10000, ge=1)
+    normalization: Literal["layernorm", "rmsnorm"] = "layernorm"
+    activation: Literal["gelu", "gelu_tanh", "relu"] = Field(
+        "gelu", description="MLP activation: gelu (erf), gelu_tanh (GPT-2's approximation), relu")
+    bias: bool = Field(True, description="biases in the linear layers")
+    num_query_groups: Optional[int] = Field(None, ge=1, description="key/value heads (GQA); default: one per "
+                                                                   "attention head")
     tie_embeddings: bool = True
     hidden_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     attention_dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -252,6 +258,11 @@ def validate(cfg: Config, world_size: int, vocab_size: Optional[int] = None) -> 
         )
     elif m.position_embedding == "rope" and (m.hidden_size // m.num_attention_heads) % 2:
         err(f"model.position_embedding=rope needs an even head dim, got {m.hidden_size // m.num_attention_heads}")
+    groups = m.num_query_groups or m.num_attention_heads
+    if m.num_attention_heads % groups:
+        err(f"model.num_query_groups={groups} does not divide model.num_attention_heads={m.num_attention_heads}")
+    elif groups % tp:
+        err(f"model.num_query_groups={groups} is not divisible by parallel.tensor={tp}")
     if m.ffn % tp:
         err(f"model.ffn_hidden_size={m.ffn} is not divisible by parallel.tensor={tp}")
     if m.seq_length > m.max_positions:
