@@ -51,13 +51,15 @@ def exported_vocab(meta: dict, rows: int) -> int:
     return int(meta.get("hf", {}).get("vocab_size") or rows)
 
 
-def hf_tokenizer(cfg: Config, name: str | None):
-    """The tokenizer (HF ``PreTrainedTokenizerFast``) of the data the model was trained on, or of
-    ``name``; None when there is none (synthetic data)."""
+def hf_tokenizer(cfg: Config, name: str | None, directory: Path):
+    """(our tokenizer, HF ``PreTrainedTokenizerFast``) of ``name``, else the one an import left in
+    the checkpoint directory, else the training data's; None when there is none (synthetic data)."""
     from transformers import PreTrainedTokenizerFast
 
     from dist_pretrain.data.tokenizer import TextTokenizer, load_tokenizer
 
+    if name is None and (directory / "tokenizer.json").is_file():
+        name = str(directory / "tokenizer.json")
     if name is None:
         if cfg.data.synthetic or not cfg.data.sources():
             return None
@@ -88,7 +90,7 @@ def export(src: str | Path, output: str | Path, tokenizer: str | None = None, to
     arch = architecture_for(cfg)
     weights = model_weights(chunks)
     vocab = exported_vocab(checkpoint_meta(directory), weights["embedding.word_embeddings.weight"].shape[0])
-    found = hf_tokenizer(cfg, tokenizer)
+    found = hf_tokenizer(cfg, tokenizer, directory)
     if found is not None and found[0].vocab_size > vocab:
         raise ExportError(f"tokenizer {found[0].name} has {found[0].vocab_size} tokens, the model only {vocab}")
     hf_cfg = arch.hf_config(cfg, vocab)
