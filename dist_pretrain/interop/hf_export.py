@@ -77,33 +77,43 @@ def hf_tokenizer(cfg: Config, name: str | None, directory: Path):
 def export(src: str | Path, output: str | Path, tokenizer: str | None = None, tolerance: float = TOLERANCE,
            min_top1: float = MIN_TOP1, sequences: int = 4) -> dict:
     """Export ``src`` (a checkpoint or run directory) to ``output``; returns the check's numbers."""
-    import transformers
+    from dist_pretrain.models.load import checkpoint_meta, load_pretrained, resolve_checkpoint
 
-    from dist_pretrain.models.load import checkpoint_meta, load_pretrained, model_weights, resolve_checkpoint
-
-    transformers.utils.logging.disable_progress_bar()
     output = Path(output)
     if output.exists() and any(output.iterdir()):
         raise ExportError(f"--output {output} exists and is not empty; choose a new directory")
     directory = resolve_checkpoint(src)
     cfg, chunks = load_pretrained(directory)
+    return export_model(cfg, chunks, output, checkpoint_meta(directory), hf_tokenizer(cfg, tokenizer, directory),
+                        tolerance, min_top1, sequences)
+
+
+def export_model(cfg: Config, chunks: list[torch.nn.Module], output: Path, meta: dict | None = None,
+                 tokenizer=None, tolerance: float = TOLERANCE, min_top1: float = MIN_TOP1,
+                 sequences: int = 4) -> dict:
+    """Export a one-process model in memory (``models.load.build_model`` / ``load_pretrained``)."""
+    import transformers
+
+    from dist_pretrain.models.load import model_weights
+
+    transformers.utils.logging.disable_progress_bar()
     arch = architecture_for(cfg)
     weights = model_weights(chunks)
-    vocab = exported_vocab(checkpoint_meta(directory), weights["embedding.word_embeddings.weight"].shape[0])
-    found = hf_tokenizer(cfg, tokenizer, directory)
-    if found is not None and found[0].vocab_size > vocab:
-        raise ExportError(f"tokenizer {found[0].name} has {found[0].vocab_size} tokens, the model only {vocab}")
-    hf_cfg = arch.hf_config(cfg, vocab)
-    model = getattr(transformers, arch.auto_class).from_config(hf_cfg, dtype=torch.float32)
+    vocab = exported_vocab(meta or {}, weights["embedding.word_embeddings.weight"].shape[0])
+    if tokenizer is not None and tokenizer[0].vocab_size > vocab:
+        raise ExportError(f"tokenizer {tokenizer[0].name} has {tokenizer[0].vocab_size} tokens, the model only "
+                          f"{vocab}")
+    auto = getattr(transformers, arch.auto_class)
+    model = auto.from_config(arch.hf_config(cfg, vocab), dtype=torch.float32)
     model.load_state_dict(arch.to_hf(weights, cfg, vocab), strict=True)
     tmp = output.with_name(output.name + ".tmp-export")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         model.save_pretrained(tmp)
-        if found is not None:
-            found[1].save_pretrained(tmp)
-        reloaded = getattr(transformers, arch.auto_class).from_pretrained(tmp, dtype=torch.float32)
-        ids = token_sequences(found[0] if found else None, vocab, cfg.model.seq_length, sequences, cfg.seed)
+        if tokenizer is not None:
+            tokenizer[1].save_pretrained(tmp)
+        reloaded = auto.from_pretrained(tmp, dtype=torch.float32)
+        ids = token_sequences(tokenizer[0] if tokenizer else None, vocab, cfg.model.seq_length, sequences, cfg.seed)
         result = compare_logits(arch, chunks[0], reloaded, ids, cfg)
         result.update(architecture=type(reloaded).__name__, vocab=vocab, tokens=int(ids.numel()))
         if result["max_abs_diff"] > tolerance or result["top1_agreement"] < min_top1:
