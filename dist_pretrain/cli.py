@@ -14,12 +14,14 @@ def _train(argv: list[str]) -> int:
     parser.add_argument("config", help="YAML config file (configs/...)")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     args = parser.parse_args(argv)
+    from dist_pretrain.models.load import WeightsError
+
     try:
         cfg = load_config(args.config, args.overrides)
         from dist_pretrain.train import Trainer
 
         trainer = Trainer(cfg)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, WeightsError) as err:
         from dist_pretrain.runtime import discover_launch_env
 
         if discover_launch_env().rank == 0:  # every rank found the same problem

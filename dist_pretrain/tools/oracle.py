@@ -101,7 +101,7 @@ def hf_step(hf_dir: Path, batches: list[dict], cfg) -> tuple[float, float, dict,
     opt = torch.optim.AdamW(groups, lr=learning_rate(1, cfg), betas=(tr.adam_beta1, tr.adam_beta2), eps=tr.adam_eps)
     opt.step()
     after = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return float(loss), float(grad_norm), after, before
+    return float(loss.detach()), float(grad_norm), after, before
 
 
 # --------------------------------------------------------------------------- driver
