@@ -261,7 +261,7 @@ def validate(cfg: Config, world_size: int, vocab_size: Optional[int] = None) -> 
     groups = m.num_query_groups or m.num_attention_heads
     if m.num_attention_heads % groups:
         err(f"model.num_query_groups={groups} does not divide model.num_attention_heads={m.num_attention_heads}")
-    elif groups % tp:
+    elif m.num_query_groups and groups % tp:
         err(f"model.num_query_groups={groups} is not divisible by parallel.tensor={tp}")
     if m.ffn % tp:
         err(f"model.ffn_hidden_size={m.ffn} is not divisible by parallel.tensor={tp}")
