@@ -21,7 +21,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
 def run(*args, check=True):
-    proc = subprocess.run([sys.executable, *args], env=ENV, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, *args], env=ENV, capture_output=True, text=True, timeout=600, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
@@ -87,7 +87,7 @@ def test_init_from_loads_weights_only_at_another_layout(tp2pp2_checkpoint, tmp_p
     pp2, one, fresh = (first_loss(tmp_path / d) for d in ("pp2", "one", "fresh"))
     assert abs(pp2 - one) <= 1e-5 * abs(one), (pp2, one)
     assert abs(one - fresh) > 1e-3, (one, fresh)
-    assert list(json.loads(line)["step"] for line in (tmp_path / "one/history.jsonl").read_text().splitlines()) == [1]
+    assert [json.loads(line)["step"] for line in (tmp_path / "one/history.jsonl").read_text().splitlines()] == [1]
 
 
 def test_export_is_checked_against_transformers(tp2pp2_checkpoint, tmp_path):

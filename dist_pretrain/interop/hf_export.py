@@ -77,7 +77,11 @@ def hf_tokenizer(cfg: Config, name: str | None, directory: Path):
 def export(src: str | Path, output: str | Path, tokenizer: str | None = None, tolerance: float = TOLERANCE,
            min_top1: float = MIN_TOP1, sequences: int = 4) -> dict:
     """Export ``src`` (a checkpoint or run directory) to ``output``; returns the check's numbers."""
-    from dist_pretrain.models.load import checkpoint_meta, load_pretrained, resolve_checkpoint
+    from dist_pretrain.models.load import (
+        checkpoint_meta,
+        load_pretrained,
+        resolve_checkpoint,
+    )
 
     output = Path(output)
     if output.exists() and any(output.iterdir()):

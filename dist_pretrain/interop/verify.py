@@ -9,16 +9,16 @@ from dist_pretrain.config import Config
 
 # real English text (public-domain openings) tokenized for the export check
 TEXTS = [
-    "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in "
+    ("It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in "
     "want of a wife. However little known the feelings or views of such a man may be on his first entering "
-    "a neighbourhood, this truth is so well fixed in the minds of the surrounding families.",
-    "Call me Ishmael. Some years ago, never mind how long precisely, having little or no money in my purse, "
+    "a neighbourhood, this truth is so well fixed in the minds of the surrounding families."),
+    ("Call me Ishmael. Some years ago, never mind how long precisely, having little or no money in my purse, "
     "and nothing particular to interest me on shore, I thought I would sail about a little and see the "
-    "watery part of the world.",
-    "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
-    "foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light.",
-    "In a hole in the ground there lived a hobbit. Not a nasty, dirty, wet hole, filled with the ends of "
-    "worms and an oozy smell, nor yet a dry, bare, sandy hole with nothing in it to sit down on or to eat.",
+    "watery part of the world."),
+    ("It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
+    "foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light."),
+    ("In a hole in the ground there lived a hobbit. Not a nasty, dirty, wet hole, filled with the ends of "
+    "worms and an oozy smell, nor yet a dry, bare, sandy hole with nothing in it to sit down on or to eat."),
 ]
 
 

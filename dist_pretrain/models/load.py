@@ -22,13 +22,18 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import torch
 from megatron.core import dist_checkpointing, parallel_state
 
-from dist_pretrain.checkpoint import CheckpointError, find_resumable, parameter_shards, verify
+from dist_pretrain.checkpoint import (
+    CheckpointError,
+    find_resumable,
+    parameter_shards,
+    verify,
+)
 from dist_pretrain.config import Config
 
 

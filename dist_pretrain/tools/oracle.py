@@ -52,7 +52,11 @@ def prepare(config: str, overrides: list[str], out: Path) -> None:
     from dist_pretrain.config import load_config, padded_vocab_size
     from dist_pretrain.families import get_family
     from dist_pretrain.interop.hf_export import export_model
-    from dist_pretrain.models.load import build_model, init_single_process, one_process_config
+    from dist_pretrain.models.load import (
+        build_model,
+        init_single_process,
+        one_process_config,
+    )
     from dist_pretrain.train import resolve_vocab_size
 
     cfg = one_process_config(load_config(config, overrides))
@@ -109,7 +113,7 @@ def hf_step(hf_dir: Path, batches: list[dict], cfg) -> tuple[float, float, dict,
 
 def _run(cmd: list[str], what: str) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{what} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc.stdout
@@ -148,8 +152,9 @@ def run_case(name: str, workdir: Path) -> dict:
 
 
 def table(results: dict) -> str:
-    lines = ["| family | ours loss (TP2xPP2 ZeRO-1) | HF loss | loss rel dev | grad norm (HF) | grad-norm rel dev | "
-             "max weight rel dev (L2, per tensor) | tensor | max update rel dev (elementwise) |", "|---|---|---|---|---|---|---|---|---|"]
+    header = ("| family | ours loss (TP2xPP2 ZeRO-1) | HF loss | loss rel dev | grad norm (HF) | grad-norm rel dev | "
+              "max weight rel dev (L2, per tensor) | tensor | max update rel dev (elementwise) |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         worst = max(r["weight_rel_dev"], key=r["weight_rel_dev"].get)
         lines.append(f"| {name} | {r['ours_loss']:.7f} | {r['hf_loss']:.7f} | {r['loss_rel_dev']:.1e} | "
