@@ -1,7 +1,8 @@
-"""``dist-pretrain`` command: train, check, preprocess, tokenizer train, checkpoint, demo-corpus.
+"""``dist-pretrain`` command: train, check, preprocess, tokenizer train, checkpoint, export, import,
+demo-corpus.
 
-A ``UserError`` (bad config, data, path or checkpoint) leaves every command as ``error:``
-lines and exit status 2, without a traceback (``DIST_PRETRAIN_DEBUG=1`` shows it).
+A ``UserError`` (bad config, data, path, checkpoint or weights) leaves every command as
+``error:`` lines and exit status 2, without a traceback (``DIST_PRETRAIN_DEBUG=1`` shows it).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def _train(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"train", "check", "preprocess", "demo-corpus", "tokenizer", "checkpoint"}
+    commands = {"train", "check", "preprocess", "demo-corpus", "tokenizer", "checkpoint", "export", "import"}
     if not argv or argv[0] not in commands:
         print(f"usage: dist-pretrain {{{','.join(sorted(commands))}}} ...", file=sys.stderr)
         return 2
@@ -108,6 +109,14 @@ def _command(cmd: str, rest: list[str]) -> int:
         from dist_pretrain.checkpoint import main as checkpoint_main
 
         return checkpoint_main(rest)
+    if cmd == "export":
+        from dist_pretrain.interop.hf_export import main as export_main
+
+        return export_main(rest)
+    if cmd == "import":
+        from dist_pretrain.interop.hf_import import main as import_main
+
+        return import_main(rest)
     if cmd == "tokenizer":
         if not rest or rest[0] != "train":
             print("usage: dist-pretrain tokenizer train --kind bpe|wordpiece|unigram|sentencepiece ...",

@@ -28,6 +28,12 @@ class ModelConfig(_Section):
     max_position_embeddings: Optional[int] = Field(None, ge=1, description="default seq_length")
     position_embedding: Literal["learned", "rope"] = "learned"
     rotary_base: int = Field(10000, ge=1)
+    normalization: Literal["layernorm", "rmsnorm"] = "layernorm"
+    activation: Literal["gelu", "gelu_tanh", "relu"] = Field(
+        "gelu", description="MLP activation: gelu (erf), gelu_tanh (GPT-2's approximation), relu")
+    bias: bool = Field(True, description="biases in the linear layers")
+    num_query_groups: Optional[int] = Field(None, ge=1, description="key/value heads (GQA); default: one per "
+                                                                   "attention head")
     tie_embeddings: bool = True
     hidden_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     attention_dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -128,6 +134,10 @@ class CheckpointConfig(_Section):
     save_final: bool = Field(True, description="save a checkpoint after the last step, whatever the interval")
     async_save: bool = Field(False, description="write checkpoint files in a forked background process "
                              "while training goes on (the final and signal-triggered saves still block)")
+    init_from: Optional[str] = Field(None, description="weights only (fresh optimizer, step 0) from a checkpoint "
+                                     "or run directory, or an imported HF model, when there is nothing to resume")
+    init_allow_missing: list[str] = Field([], description="patterns of parameters init_from may lack (new heads)")
+    init_allow_unexpected: list[str] = Field([], description="patterns of init_from weights the model lacks")
 
 
 class ObjectiveConfig(_Section):

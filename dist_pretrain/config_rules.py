@@ -60,6 +60,11 @@ def config_problems(cfg: Config, world_size: int, vocab_size: Optional[int] = No
         )
     elif m.position_embedding == "rope" and (m.hidden_size // m.num_attention_heads) % 2:
         err(f"model.position_embedding=rope needs an even head dim, got {m.hidden_size // m.num_attention_heads}")
+    groups = m.num_query_groups or m.num_attention_heads
+    if m.num_attention_heads % groups:
+        err(f"model.num_query_groups={groups} does not divide model.num_attention_heads={m.num_attention_heads}")
+    elif m.num_query_groups and groups % tp:
+        err(f"model.num_query_groups={groups} is not divisible by parallel.tensor={tp}")
     if m.ffn % tp:
         err(f"model.ffn_hidden_size={m.ffn} is not divisible by parallel.tensor={tp}")
     if m.seq_length > m.max_positions:

@@ -168,8 +168,11 @@ class Trainer:
         self.num_microbatches = cfg.train.global_batch_size // (cfg.train.micro_batch_size * self.rt.dp)
         chunks = build_model_chunks(cfg, self.family, self.tconfig, self.vocab_size)
         self.num_chunks = len(chunks)
+        resume_from = self._resume_path()
+        if resume_from is None and cfg.checkpoint.init_from:
+            self._init_from(chunks)
         self.engine = build_engine(cfg, self.rt, chunks, self.tconfig, self.num_microbatches)
-        self.start_step, self.skipped_steps = self._resume()
+        self.start_step, self.skipped_steps = self._resume(resume_from)
         self.skipped_in_a_row = 0
         self.forward_backward = get_forward_backward_func()
         self.monitor = Monitor(cfg.run_dir, self.rt.is_logging_rank, cfg.monitor.tensorboard,
@@ -186,13 +189,13 @@ class Trainer:
                                    self.cfg.train.micro_batch_size, self.cfg.seed, self.vocab_size,
                                    start_step=self.start_step if split == "train" else 0)
 
-    def _resume(self) -> tuple[int, int]:
-        """Auto-resume from the newest good checkpoint in run_dir (or checkpoint.resume)."""
+    def _resume_path(self) -> Path | None:
+        """The checkpoint to resume from: the newest good one in run_dir (or checkpoint.resume)."""
         from dist_pretrain import checkpoint
 
         how = self.cfg.checkpoint.resume
         if how == "none":
-            return 0, 0
+            return None
         if how == "auto":
             path, warnings = checkpoint.resume_point(self.cfg.run_dir)
         else:
@@ -208,6 +211,23 @@ class Trainer:
         if self.rt.is_logging_rank:
             for warning in warnings:
                 print(f"warning: {warning}", flush=True)
+        return path
+
+    def _init_from(self, chunks) -> None:
+        """checkpoint.init_from: weights only, before the engine copies them into its fp32
+        masters; the optimizer, step, RNG and data stream start fresh."""
+        from dist_pretrain.models.load import load_weights
+
+        ck = self.cfg.checkpoint
+        kept = load_weights(chunks, ck.init_from, ck.init_allow_missing, ck.init_allow_unexpected)
+        if self.rt.is_logging_rank:
+            note = f"; kept initial values of {', '.join(kept)}" if kept else ""
+            print(f"initialized weights from {ck.init_from} (weights only, step 0){note}", flush=True)
+
+    def _resume(self, path: Path | None) -> tuple[int, int]:
+        """Restore the full training state from ``path`` (if any); returns (step, skipped steps)."""
+        from dist_pretrain import checkpoint
+
         if path is None:
             return 0, 0
         meta = agree(lambda: self._load(path), "resume")

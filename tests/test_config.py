@@ -101,6 +101,16 @@ BAD = [
         id="heads-not-divisible-by-tp",
     ),
     pytest.param(
+        ["model.num_query_groups=3"], 1, None,
+        ["model.num_query_groups=3 does not divide model.num_attention_heads=4"],
+        id="query-groups-not-dividing-heads",
+    ),
+    pytest.param(
+        ["model.num_query_groups=2", "parallel.tensor=4"], 4, None,
+        ["model.num_query_groups=2 is not divisible by parallel.tensor=4"],
+        id="query-groups-not-divisible-by-tp",
+    ),
+    pytest.param(
         ["model.hidden_size=66"], 1, None,
         ["model.hidden_size=66 is not divisible by model.num_attention_heads=4"],
         id="hidden-not-divisible-by-heads",

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from dist_pretrain.config import Config
+
+# model.activation -> megatron's activation_func
+ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": partial(F.gelu, approximate="tanh"), "relu": F.relu}
 
 
 def transformer_config(cfg: Config, on_gpu: bool) -> TransformerConfig:
@@ -30,9 +35,10 @@ def transformer_config(cfg: Config, on_gpu: bool) -> TransformerConfig:
         attention_dropout=m.attention_dropout,
         init_method_std=m.init_std,
         layernorm_epsilon=m.layernorm_epsilon,
-        normalization="LayerNorm",
-        activation_func=F.gelu,
-        add_bias_linear=True,
+        normalization="RMSNorm" if m.normalization == "rmsnorm" else "LayerNorm",
+        activation_func=ACTIVATIONS[m.activation],
+        add_bias_linear=m.bias,
+        num_query_groups=m.num_query_groups,
         # weights are created on CPU and overwritten by models/init.py
         use_cpu_initialization=True,
         # fusions need CUDA kernels (Apex / TE); SDPA does the attention fusion

@@ -26,6 +26,9 @@ VARIANTS = {
     "untied": ["model.tie_embeddings=false"],
     "clip": ["train.grad_clip=0.5"],
     "rope": ["model.position_embedding=rope"],
+    # the architecture options (model.normalization / bias / num_query_groups / activation)
+    "rmsnorm nobias gqa": ["model.position_embedding=rope", "model.normalization=rmsnorm", "model.bias=false",
+                           "model.num_query_groups=2", "model.activation=gelu_tanh"],
 }
 LAYOUTS = {
     "TP2": (2, "tied", ["parallel.tensor=2"]),
@@ -46,6 +49,7 @@ LAYOUTS = {
                                          "parallel.zero_stage=0"]),
     "TP2xPP2": (4, "tied", ["parallel.tensor=2", "parallel.pipeline=2"]),
     "TP2xPP2 rope": (4, "rope", ["parallel.tensor=2", "parallel.pipeline=2"]),
+    "TP2xPP2 rmsnorm, no bias, GQA, gelu_tanh": (4, "rmsnorm nobias gqa", ["parallel.tensor=2", "parallel.pipeline=2"]),
     "TP2xDP2 ZeRO-1": (4, "tied", ["parallel.tensor=2", "parallel.zero_stage=1"]),
     "TP2xDP2 ZeRO-3": (4, "tied", ["parallel.tensor=2", "parallel.zero_stage=3"]),
     "PP2xDP2 ZeRO-1": (4, "tied", ["parallel.pipeline=2", "parallel.zero_stage=1"]),

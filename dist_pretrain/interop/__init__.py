@@ -1,0 +1,1 @@
+"""Our checkpoints to and from HuggingFace ``transformers``: weight maps, export, import, verification."""

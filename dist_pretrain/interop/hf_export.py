@@ -1,0 +1,152 @@
+"""``dist-pretrain export SRC --output DIR``: a checkpoint as a HuggingFace model directory.
+
+Runs on one process whatever layout the checkpoint was saved at (``models.load`` reshards
+to TP = PP = 1). Writes ``config.json``, ``model.safetensors`` and ``generation_config.json``
+with ``transformers``' own ``save_pretrained``, plus the tokenizer the data was made with.
+Before the directory gets its final name, the exported model is loaded back with
+``AutoModelFor*.from_pretrained`` and run next to ours on a few real token sequences
+(``verify``): above tolerance nothing final is written. Converters that silently produce
+gibberish (a wrong QKV order, shifted vocab rows) are what this check exists for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from dist_pretrain.config import Config
+from dist_pretrain.interop.verify import compare_logits, token_sequences
+
+TOLERANCE = 1e-3  # max |logit difference| allowed (fp32 on both sides differs by ~1e-6)
+MIN_TOP1 = 0.99
+
+
+class ExportError(RuntimeError):
+    """A model that cannot be exported, or an export that failed its check."""
+
+
+def architecture_for(cfg: Config):
+    """The HF architecture module for ``cfg`` (``interop.gpt2``, ...), or ExportError saying why not."""
+    from dist_pretrain.interop import gpt2
+
+    if cfg.family == "gpt" and cfg.model.position_embedding == "learned":
+        arch = gpt2
+    else:
+        raise ExportError(f"export of family={cfg.family} with model.position_embedding="
+                          f"{cfg.model.position_embedding} is not implemented yet; GPT with learned "
+                          "positions exports to GPT2LMHeadModel")
+    reason = arch.unsupported(cfg)
+    if reason:
+        raise ExportError(f"cannot export to {arch.model_type}: {reason}")
+    return arch
+
+
+def exported_vocab(meta: dict, rows: int) -> int:
+    """Rows to export: all of them (padded rows take part in the softmax), or the original
+    vocab of a model that ``dist-pretrain import`` padded."""
+    return int(meta.get("hf", {}).get("vocab_size") or rows)
+
+
+def hf_tokenizer(cfg: Config, name: str | None, directory: Path):
+    """(our tokenizer, HF ``PreTrainedTokenizerFast``) of ``name``, else the one an import left in
+    the checkpoint directory, else the training data's; None when there is none (synthetic data)."""
+    from transformers import PreTrainedTokenizerFast
+
+    from dist_pretrain.data.tokenizer import TextTokenizer, load_tokenizer
+
+    if name is None and (directory / "tokenizer.json").is_file():
+        name = str(directory / "tokenizer.json")
+    if name is None:
+        if cfg.data.synthetic or not cfg.data.sources():
+            return None
+        from dist_pretrain.data.loader import read_manifest
+
+        name = read_manifest(cfg.data.sources()[0][0])["tokenizer"]["name"]
+    tok = load_tokenizer(name)
+    if not isinstance(tok, TextTokenizer):
+        raise ExportError(f"tokenizer {name!r}: SentencePiece export is not implemented yet")
+    specials = {f"{role}_token": tok.tokenizer.id_to_token(i) for role, i in tok.special_ids.items()
+                if role in ("eos", "bos", "pad", "unk", "cls", "sep", "mask")}
+    return tok, PreTrainedTokenizerFast(tokenizer_object=tok.tokenizer, **specials)
+
+
+def export(src: str | Path, output: str | Path, tokenizer: str | None = None, tolerance: float = TOLERANCE,
+           min_top1: float = MIN_TOP1, sequences: int = 4) -> dict:
+    """Export ``src`` (a checkpoint or run directory) to ``output``; returns the check's numbers."""
+    from dist_pretrain.models.load import (
+        checkpoint_meta,
+        load_pretrained,
+        resolve_checkpoint,
+    )
+
+    output = Path(output)
+    if output.exists() and any(output.iterdir()):
+        raise ExportError(f"--output {output} exists and is not empty; choose a new directory")
+    directory = resolve_checkpoint(src)
+    cfg, chunks = load_pretrained(directory)
+    return export_model(cfg, chunks, output, checkpoint_meta(directory), hf_tokenizer(cfg, tokenizer, directory),
+                        tolerance, min_top1, sequences)
+
+
+def export_model(cfg: Config, chunks: list[torch.nn.Module], output: Path, meta: dict | None = None,
+                 tokenizer=None, tolerance: float = TOLERANCE, min_top1: float = MIN_TOP1,
+                 sequences: int = 4) -> dict:
+    """Export a one-process model in memory (``models.load.build_model`` / ``load_pretrained``)."""
+    import transformers
+
+    from dist_pretrain.models.load import model_weights
+
+    transformers.utils.logging.disable_progress_bar()
+    arch = architecture_for(cfg)
+    weights = model_weights(chunks)
+    vocab = exported_vocab(meta or {}, weights["embedding.word_embeddings.weight"].shape[0])
+    if tokenizer is not None and tokenizer[0].vocab_size > vocab:
+        raise ExportError(f"tokenizer {tokenizer[0].name} has {tokenizer[0].vocab_size} tokens, the model only "
+                          f"{vocab}")
+    auto = getattr(transformers, arch.auto_class)
+    model = auto.from_config(arch.hf_config(cfg, vocab), dtype=torch.float32)
+    model.load_state_dict(arch.to_hf(weights, cfg, vocab), strict=True)
+    tmp = output.with_name(output.name + ".tmp-export")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer[1].save_pretrained(tmp)
+        reloaded = auto.from_pretrained(tmp, dtype=torch.float32)
+        ids = token_sequences(tokenizer[0] if tokenizer else None, vocab, cfg.model.seq_length, sequences, cfg.seed)
+        result = compare_logits(arch, chunks[0], reloaded, ids, cfg)
+        result.update(architecture=type(reloaded).__name__, vocab=vocab, tokens=int(ids.numel()))
+        if result["max_abs_diff"] > tolerance or result["top1_agreement"] < min_top1:
+            raise ExportError(f"exported {result['architecture']} disagrees with the checkpoint: max |dlogit| "
+                              f"{result['max_abs_diff']:.3g} (tolerance {tolerance:g}), top-1 agreement "
+                              f"{result['top1_agreement']:.4f} (needs {min_top1:g}); nothing was written")
+        if output.exists():
+            output.rmdir()
+        tmp.rename(output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="dist-pretrain export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("src", help="checkpoint directory (step-N) or run directory")
+    parser.add_argument("--output", required=True, help="new directory for the HF model")
+    parser.add_argument("--tokenizer", help="tokenizer to include (default: the training data's)")
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="max |logit difference| allowed")
+    args = parser.parse_args(argv)
+    from dist_pretrain.checkpoint import CheckpointError
+    from dist_pretrain.models.load import WeightsError
+
+    try:
+        r = export(args.src, args.output, args.tokenizer, args.tolerance)
+    except (ExportError, CheckpointError, WeightsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"exported {r['architecture']} (vocab {r['vocab']}) to {args.output}; checked on {r['tokens']} tokens: "
+          f"max |dlogit| {r['max_abs_diff']:.2e}, top-1 agreement {r['top1_agreement']:.4f}")
+    return 0

@@ -1,0 +1,62 @@
+"""Our model against its HF export on the same tokens: max |logit difference| and top-1 agreement."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dist_pretrain.config import Config
+
+# real English text (public-domain openings) tokenized for the export check
+TEXTS = [
+    ("It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in "
+    "want of a wife. However little known the feelings or views of such a man may be on his first entering "
+    "a neighbourhood, this truth is so well fixed in the minds of the surrounding families."),
+    ("Call me Ishmael. Some years ago, never mind how long precisely, having little or no money in my purse, "
+    "and nothing particular to interest me on shore, I thought I would sail about a little and see the "
+    "watery part of the world."),
+    ("It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
+    "foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light."),
+    ("In a hole in the ground there lived a hobbit. Not a nasty, dirty, wet hole, filled with the ends of "
+    "worms and an oozy smell, nor yet a dry, bare, sandy hole with nothing in it to sit down on or to eat."),
+]
+
+
+def token_sequences(tokenizer, vocab: int, length: int, count: int, seed: int) -> torch.Tensor:
+    """``count`` sequences of ``length`` ids: the texts above through ``tokenizer`` (repeated to
+    fill the length), or seeded random ids below ``vocab`` when there is no tokenizer."""
+    if tokenizer is None:
+        rng = np.random.default_rng(seed)
+        return torch.from_numpy(rng.integers(0, vocab, size=(count, length))).long()
+    rows = []
+    for i in range(count):
+        ids = tokenizer.encode_batch([TEXTS[i % len(TEXTS)]])[0]
+        rows.append((ids * (length // max(1, len(ids)) + 1))[:length])
+    return torch.tensor(rows, dtype=torch.long)
+
+
+@torch.no_grad()
+def our_logits(chunk: torch.nn.Module, ids: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """Logits [b, s, V] of our one-process model (all padded vocab rows)."""
+    if cfg.family == "gpt":
+        positions = torch.arange(ids.shape[1]).unsqueeze(0).expand_as(ids)
+        return chunk(ids, positions, None)
+    raise NotImplementedError(f"logit check for family={cfg.family} is not implemented yet")
+
+
+@torch.no_grad()
+def hf_logits(model, ids: torch.Tensor, cfg: Config) -> torch.Tensor:
+    if cfg.family == "gpt":
+        return model(input_ids=ids).logits
+    raise NotImplementedError(f"logit check for family={cfg.family} is not implemented yet")
+
+
+def compare_logits(arch, chunk: torch.nn.Module, model, ids: torch.Tensor, cfg: Config) -> dict:
+    """Max |difference| of the exported rows' logits and the share of positions whose argmax agrees."""
+    chunk.eval()
+    model.eval()
+    theirs = hf_logits(model, ids, cfg).float()
+    ours = our_logits(chunk, ids, cfg).float()[..., :theirs.shape[-1]]
+    return {"max_abs_diff": float((ours - theirs).abs().max()),
+            "max_abs_logit": float(theirs.abs().max()),
+            "top1_agreement": float((ours.argmax(-1) == theirs.argmax(-1)).float().mean())}

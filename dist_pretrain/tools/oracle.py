@@ -1,0 +1,187 @@
+"""An independent oracle: our model at TP2 x PP2 against HF ``transformers`` on the same batch.
+
+The equivalence matrix (``tools/equivalence.py``) compares every layout with one process
+of *the same code*, so a bug every layout shares (loss normalisation, attention, init, the
+engine wrapper) would pass it. Here, in fp32:
+
+1. the seed-only initial weights are built on one process and exported (``export_model``,
+   itself checked against transformers), with the first step's micro-batches;
+2. our trainer runs one step at TP2 x PP2 with ZeRO-1 (4 torchrun processes, gloo) and saves;
+3. transformers runs the same micro-batches from the exported initial weights: the loss
+   (megatron's: mean over micro-batches of each one's token mean), backward, clipping by
+   global norm, ``torch.optim.AdamW`` with the same LR, betas, eps and weight-decay groups;
+4. the step-1 checkpoint is exported (``dist-pretrain export``) and compared per tensor:
+   ||ours - HF|| / ||HF|| (L2), and the largest elementwise difference of the two updates
+   relative to the largest HF update (reported: summation order in fp32 shows there).
+
+``python -m dist_pretrain.tools.oracle`` prints the loss and weight deviations per family.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+LAYOUT = ["parallel.tensor=2", "parallel.pipeline=2", "parallel.zero_stage=1"]
+# adam_eps=1e-3 (about the largest gradient here): Adam's first step is g / (|g| + eps), which with
+# the usual 1e-8 is sign(g) -- blind to the gradient's scale (a loss normalised wrongly would pass)
+# and, for the many |g| ~ 1e-8, sensitive to fp32 summation order. With eps at the gradients'
+# scale the update is ~linear in g, so the comparison sees the gradient itself.
+COMMON = ["train.steps=1", "train.warmup_steps=0", "train.decay=constant", "train.adam_eps=1e-3", "train.grad_clip=1.0", "train.precision=fp32", "monitor.tensorboard=false",
+          "monitor.peak_tflops=1", "train.log_interval=1"]
+# name -> (config, overrides)
+CASES = {
+    "GPT-2-style": (CONFIGS / "gpt" / "tiny.yaml", ["model.tie_embeddings=false"]),
+    "GPT-2-style tied": (CONFIGS / "gpt" / "tiny.yaml", []),
+}
+
+
+# --------------------------------------------------------------------------- subprocess: initial weights
+
+
+def prepare(config: str, overrides: list[str], out: Path) -> None:
+    """Export the seed-only initial weights and save the first step's micro-batches."""
+    from dist_pretrain.config import load_config, padded_vocab_size
+    from dist_pretrain.families import get_family
+    from dist_pretrain.interop.hf_export import export_model
+    from dist_pretrain.models.load import (
+        build_model,
+        init_single_process,
+        one_process_config,
+    )
+    from dist_pretrain.train import resolve_vocab_size
+
+    cfg = one_process_config(load_config(config, overrides))
+    vocab = padded_vocab_size(cfg, resolve_vocab_size(cfg))
+    init_single_process()
+    chunks = build_model(cfg, vocab)
+    export_model(cfg, chunks, out / "initial")
+    tr = cfg.train
+    stream = get_family(cfg.family).batches(cfg, "train", 0, 1, tr.micro_batch_size, cfg.seed, vocab)
+    torch.save([next(stream) for _ in range(tr.global_batch_size // tr.micro_batch_size)], out / "batches.pt")
+
+
+# --------------------------------------------------------------------------- transformers' side
+
+
+def hf_loss(model, batch: dict, family: str) -> torch.Tensor:
+    if family == "gpt":
+        tokens = batch["tokens"]
+        logits = model(input_ids=tokens[:, :-1]).logits
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
+    raise NotImplementedError(f"oracle for family={family} is not implemented yet")
+
+
+def hf_step(hf_dir: Path, batches: list[dict], cfg) -> tuple[float, float, dict, dict]:
+    """One training step of the HF model as our trainer defines it; returns (loss, grad norm before
+    clipping, weights after, weights before)."""
+    import transformers
+
+    from dist_pretrain.train import learning_rate
+
+    config = transformers.AutoConfig.from_pretrained(hf_dir)
+    auto = "AutoModelForCausalLM" if cfg.family == "gpt" else "AutoModelForMaskedLM"
+    model = getattr(transformers, auto).from_pretrained(hf_dir, config=config, dtype=torch.float32)
+    model.train()
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    tr = cfg.train
+    losses = [hf_loss(model, b, cfg.family) for b in batches]
+    loss = torch.stack(losses).mean()
+    loss.backward()
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, tr.grad_clip if tr.grad_clip > 0 else float("inf"))
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in named if not (p.dim() == 1 or n.endswith("bias"))],
+               "weight_decay": tr.weight_decay},
+              {"params": [p for n, p in named if p.dim() == 1 or n.endswith("bias")], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=learning_rate(1, cfg), betas=(tr.adam_beta1, tr.adam_beta2), eps=tr.adam_eps)
+    opt.step()
+    after = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return float(loss.detach()), float(grad_norm), after, before
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def _run(cmd: list[str], what: str) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc.stdout
+
+
+def run_case(name: str, workdir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    from dist_pretrain.config import load_config
+
+    config, extra = CASES[name]
+    overrides = COMMON + extra
+    workdir.mkdir(parents=True, exist_ok=True)
+    _run([sys.executable, "-m", "dist_pretrain.tools.oracle", "--prepare", str(workdir), str(config), *overrides],
+         "exporting the initial weights")
+    run_dir = workdir / "run"
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4", "-m", "dist_pretrain",
+          "train", str(config), *overrides, *LAYOUT, "parallel.nproc=4", "checkpoint.interval=1",
+          f"run_dir={run_dir}"], "training one step at TP2 x PP2")
+    export_out = _run([sys.executable, "-m", "dist_pretrain", "export", str(run_dir), "--output",
+                       str(workdir / "after")], "exporting the step-1 checkpoint")
+    logged = json.loads((run_dir / "history.jsonl").read_text().splitlines()[0])
+    cfg = load_config(config, overrides)
+    hf_loss_value, hf_norm, hf_after, hf_before = hf_step(workdir / "initial", torch.load(workdir / "batches.pt"), cfg)
+    ours_after = load_file(workdir / "after" / "model.safetensors")
+    weight_dev, update_dev = {}, {}
+    for key, ours in ours_after.items():
+        theirs, start = hf_after[key], hf_before[key]
+        weight_dev[key] = float((ours - theirs).norm() / theirs.norm().clamp_min(1e-12))
+        moved = (theirs - start).abs().max().clamp_min(1e-12)
+        update_dev[key] = float(((ours - start) - (theirs - start)).abs().max() / moved)
+    return {"ours_loss": logged["train/loss"], "hf_loss": hf_loss_value,
+            "loss_rel_dev": abs(logged["train/loss"] - hf_loss_value) / abs(hf_loss_value),
+            "grad_norm_rel_dev": abs(logged["train/grad_norm"] - hf_norm) / hf_norm, "grad_norm": hf_norm,
+            "weight_rel_dev": weight_dev, "update_rel_dev": update_dev, "export": export_out.strip().splitlines()[-1]}
+
+
+def table(results: dict) -> str:
+    header = ("| family | ours loss (TP2xPP2 ZeRO-1) | HF loss | loss rel dev | grad norm (HF) | grad-norm rel dev | "
+              "max weight rel dev (L2, per tensor) | tensor | max update rel dev (elementwise) |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        worst = max(r["weight_rel_dev"], key=r["weight_rel_dev"].get)
+        lines.append(f"| {name} | {r['ours_loss']:.7f} | {r['hf_loss']:.7f} | {r['loss_rel_dev']:.1e} | "
+                     f"{r['grad_norm']:.4f} | {r['grad_norm_rel_dev']:.1e} | "
+                     f"{r['weight_rel_dev'][worst]:.1e} | {worst} | {max(r['update_rel_dev'].values()):.1e} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prepare", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--only", nargs="*", help=f"cases (default: all of {', '.join(CASES)})")
+    parser.add_argument("--rtol", type=float, default=1e-5)
+    args = parser.parse_args(argv)
+    if args.prepare:
+        prepare(args.prepare[1], args.prepare[2:], Path(args.prepare[0]))
+        return 0
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.only or CASES:
+            results[name] = run_case(name, Path(tmp) / name.replace(" ", "_"))
+    print("fp32, one step, synthetic batch; weights compared after `dist-pretrain export`\n")
+    print(table(results))
+    ok = all(r["loss_rel_dev"] <= args.rtol and r["grad_norm_rel_dev"] <= args.rtol
+             and max(r["weight_rel_dev"].values()) <= args.rtol for r in results.values())
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
