@@ -57,10 +57,12 @@ def prepare(config: str, overrides: list[str], out: Path) -> None:
         init_single_process,
         one_process_config,
     )
-    from dist_pretrain.train import resolve_vocab_size
+    from dist_pretrain.preflight import check
 
     cfg = one_process_config(load_config(config, overrides))
-    vocab = padded_vocab_size(cfg, resolve_vocab_size(cfg))
+    report = check(cfg, 1, verify_checkpoint=False)
+    report.raise_errors()
+    vocab = padded_vocab_size(cfg, report.vocab_size)
     init_single_process()
     chunks = build_model(cfg, vocab)
     export_model(cfg, chunks, out / "initial")
