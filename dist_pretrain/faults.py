@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import threading
 import time
 
 import torch
@@ -64,23 +65,36 @@ def poisoned(forward_step):
     return step
 
 
-def _ignore_signals(names: tuple[str, ...], worker_id: int) -> None:
-    for name in names:
-        signal.signal(getattr(signal, name), signal.SIG_IGN)
+def _obey_only_the_parent(names: tuple[str, ...], worker_id: int) -> None:
+    signals = {getattr(signal, name) for name in names}
+    parent = os.getppid()
+    # a forked worker has one thread: blocked here, the signals stay blocked in every thread it
+    # starts, so only the waiter below receives them
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+
+    def wait() -> None:
+        while True:
+            if signal.sigwaitinfo(signals).si_pid == parent:  # the DataLoader ending its worker
+                os._exit(0)
+
+    threading.Thread(target=wait, name="stop-signals", daemon=True).start()
 
 
 def loader_worker_init(names: list[str]):
-    """A DataLoader ``worker_init_fn`` that makes the stop signals harmless in loader workers.
+    """A DataLoader ``worker_init_fn`` that makes the stop signals from anyone but the rank
+    harmless in loader workers.
 
     Launchers signal whole process groups (torch's elastic agent ``killpg``s each worker) and
     Slurm signals every process of a step, so the loader workers get the SIGTERM meant for the
     trainer too. torch's workers die on it (their C handler re-raises SIGTERM from anyone but
     the parent), and the rank's DataLoader then raises before the step boundary where the
-    trainer would save. Ignoring the signals leaves the shutdown to the rank: the workers end
-    when the rank closes its loaders or, if the rank is killed, when their watchdog sees the
-    parent gone. (SIG_IGN is inherited by anything a worker forks.)
+    trainer would save. Here the signals are blocked and a thread takes them with their
+    sender: the rank's own SIGTERM (``Process.terminate`` when a DataLoader or the interpreter
+    shuts its workers down) still ends the worker at once, anyone else's is dropped. The
+    workers otherwise end when the rank closes its loaders, or through their watchdog if the
+    rank is killed.
     """
-    return functools.partial(_ignore_signals, tuple(names))
+    return functools.partial(_obey_only_the_parent, tuple(names))
 
 
 class StopTraining(SystemExit):

@@ -152,16 +152,21 @@ def test_sigterm_to_the_process_group_and_sigusr1(real_lm_shards, tmp_path):
 
 
 def test_signal_during_validation_cuts_it_short_and_saves(real_lm_shards, tmp_path):
-    """Step 3 trains in a fraction of a second, then validates 900 batches (several seconds):
-    1.5 s after step 2 the signal lands in that validation, whose loader has its own workers."""
+    """Validation at step 3 reads the whole split (251 global batches) through a loader with
+    its own workers: once those workers exist, validation is under way, and every process of
+    the job gets SIGTERM."""
     run_dir = tmp_path / "run"
 
     def act(proc):
-        time.sleep(1.5)
+        training = len(job_processes(proc.job_tag))  # launcher, ranks, training loader workers
+        deadline = time.monotonic() + 60
+        while len(job_processes(proc.job_tag)) <= training and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(job_processes(proc.job_tag)) > training, "validation never started its loader workers"
         to_every_process(signal.SIGTERM)(proc)
 
     rc, out = run_demo(real_lm_shards, run_dir, "train.steps=400", "train.eval_interval=3",
-                       "train.eval_steps=900", when=after_step(2), act=act)
+                       "train.eval_steps=all", when=after_step(2), act=act)
     assert rc == 99 and "DataLoader worker" not in out, out[-3000:]
     assert "validation at step 3" not in out  # cut short, not finished
     saved, _ = find_resumable(run_dir / "checkpoints")
