@@ -37,10 +37,15 @@ LAYOUT = ["parallel.tensor=2", "parallel.pipeline=2", "parallel.zero_stage=1"]
 # scale the update is ~linear in g, so the comparison sees the gradient itself.
 COMMON = ["train.steps=1", "train.warmup_steps=0", "train.decay=constant", "train.adam_eps=1e-3", "train.grad_clip=1.0", "train.precision=fp32", "monitor.tensorboard=false",
           "monitor.peak_tflops=1", "train.log_interval=1"]
+# the tiny GPT as LlamaForCausalLM: rotary positions, RMSNorm, SwiGLU, no biases, GQA, untied head
+LLAMA_STYLE = ["model.position_embedding=rope", "model.normalization=rmsnorm", "model.activation=swiglu",
+               "model.bias=false", "model.num_query_groups=2", "model.ffn_hidden_size=96",
+               "model.tie_embeddings=false"]
 # name -> (config, overrides)
 CASES = {
     "GPT-2-style": (CONFIGS / "gpt" / "tiny.yaml", ["model.tie_embeddings=false"]),
     "GPT-2-style tied": (CONFIGS / "gpt" / "tiny.yaml", []),
+    "Llama-style": (CONFIGS / "gpt" / "tiny.yaml", LLAMA_STYLE),
 }
 
 
@@ -57,10 +62,12 @@ def prepare(config: str, overrides: list[str], out: Path) -> None:
         init_single_process,
         one_process_config,
     )
-    from dist_pretrain.train import resolve_vocab_size
+    from dist_pretrain.preflight import check
 
     cfg = one_process_config(load_config(config, overrides))
-    vocab = padded_vocab_size(cfg, resolve_vocab_size(cfg))
+    report = check(cfg, 1, verify_checkpoint=False)
+    report.raise_errors()
+    vocab = padded_vocab_size(cfg, report.vocab_size)
     init_single_process()
     chunks = build_model(cfg, vocab)
     export_model(cfg, chunks, out / "initial")
