@@ -17,7 +17,15 @@ from __future__ import annotations
 import torch
 
 from dist_pretrain.config import Config
-from dist_pretrain.interop.layout import Heads, join_qkv, split_qkv, stack, unstack
+from dist_pretrain.interop.layout import (
+    Heads,
+    join_qkv,
+    split_qkv,
+    stack,
+    top_from_hf,
+    top_to_hf,
+    unstack,
+)
 
 name = "llama"
 model_type = "llama"
@@ -93,11 +101,7 @@ def to_hf(weights: dict[str, torch.Tensor], cfg: Config, vocab: int) -> dict[str
                         f"{hf}self_attn.v_proj.{kind}": v})
             gate, up = layers[f"mlp.linear_fc1.{kind}"][i].unbind(0)
             out.update({f"{hf}mlp.gate_proj.{kind}": gate, f"{hf}mlp.up_proj.{kind}": up})
-    for ours, theirs in TOP_MAP:
-        out[theirs] = weights[ours]
-    out["model.embed_tokens.weight"] = out["model.embed_tokens.weight"][:vocab]
-    out["lm_head.weight"] = (out["model.embed_tokens.weight"] if cfg.model.tie_embeddings
-                             else weights["output_layer.weight"][:vocab])
+    out.update(top_to_hf(weights, TOP_MAP, cfg.model.tie_embeddings, vocab))
     return {k: v.contiguous() for k, v in out.items()}
 
 
@@ -138,8 +142,5 @@ def from_hf(state: dict[str, torch.Tensor], hf, cfg: Config) -> dict[str, torch.
             fc1 = torch.stack([state[f"{hf_}mlp.gate_proj.{kind}"], state[f"{hf_}mlp.up_proj.{kind}"]])
             layers.setdefault(f"mlp.linear_fc1.{kind}", []).append(fc1)
     out = stack(layers, LAYERS)
-    for ours, theirs in TOP_MAP:
-        out[ours] = state[theirs]
-    if not cfg.model.tie_embeddings:
-        out["output_layer.weight"] = state["lm_head.weight"]
+    out.update(top_from_hf(state, TOP_MAP, cfg.model.tie_embeddings))
     return {k: v.contiguous() for k, v in out.items()}
