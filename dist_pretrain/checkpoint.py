@@ -21,7 +21,6 @@ Loading verifies the checksums first and falls back to the newest good checkpoin
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -35,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from megatron.core import dist_checkpointing, parallel_state
+from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
 from torch.distributed.checkpoint.api import CheckpointException as TorchCheckpointException  # a BaseException
 
@@ -46,57 +45,13 @@ from dist_pretrain.checkpoint_files import (  # noqa: F401 - CheckpointError, ve
     step_dirs,
     verify,
 )
+from dist_pretrain.checkpoint_shards import parameter_shape, parameter_shards
 from dist_pretrain.faults import fault_lost_checkpoint_steps, fault_slow_save_seconds, slowed
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
 # --------------------------------------------------------------------------- sharded tensors
-
-
-def _inner(chunk: torch.nn.Module) -> torch.nn.Module:
-    """The megatron model inside EngineChunk / DDP / Float16Module wrappers."""
-    while hasattr(chunk, "module"):
-        chunk = chunk.module
-    return chunk
-
-
-def parameter_shards(chunks: list[torch.nn.Module]) -> list[tuple[torch.nn.Parameter, ShardedTensor]]:
-    """(parameter, its ShardedTensor under the global key) for every local parameter.
-
-    A parameter copied on another pipeline stage (``shared``: tied output layer, T5's
-    decoder-stage embeddings) becomes a non-zero replica so that only one copy is written.
-    """
-    metadata = {"dp_cp_group": parallel_state.get_data_parallel_group(with_context_parallel=True)}
-    by_id = {}
-    out = []
-    for chunk in chunks:
-        model = _inner(chunk)
-        for p in model.parameters():
-            by_id[id(p)] = p
-        with _whole_parameters(model):
-            sharded = model.sharded_state_dict(prefix="", metadata=metadata).values()
-        for st in sharded:
-            if not isinstance(st, ShardedTensor) or id(st.data) not in by_id:
-                continue
-            p = by_id[id(st.data)]
-            # only the key, shape and offsets are used: drop the reference to the weights
-            st = dataclasses.replace(st, data=torch.empty(st.local_shape, dtype=st.dtype, device="meta"))
-            if getattr(p, "shared", False) and isinstance(st.replica_id, tuple):
-                st = dataclasses.replace(st, replica_id=(1, *st.replica_id[1:]))
-            out.append((p, st))
-    return out
-
-
-def _whole_parameters(model: torch.nn.Module):
-    """ZeRO-3 keeps only a DP partition of each parameter (``p.shape`` is empty): gather the
-    TP-local weights while megatron describes their shapes and TP/PP placement."""
-    params = [p for p in model.parameters() if hasattr(p, "ds_id")]
-    if not params:
-        return contextlib.nullcontext()
-    import deepspeed
-
-    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
 
 def _slot(kind: str, st: ShardedTensor) -> str:
@@ -114,12 +69,13 @@ def training_state_dict(engine, chunks) -> dict[str, ShardedTensor]:
     state = {}
     for p, st in parameter_shards(chunks):
         master, moments = engine.master_state(p)
-        state[_slot("model", st)] = _sharded(st, "model", master.float().contiguous())
+        state[_slot("model", st)] = _sharded(st, "model", master.float().reshape(st.local_shape).contiguous())
         for moment in MOMENTS:
             value = moments[moment]
             if value is None:  # no optimizer step yet
                 value = torch.zeros(st.local_shape, dtype=torch.float32, device=master.device)
-            state[_slot(moment, st)] = _sharded(st, f"optimizer.{moment}", value.float().contiguous())
+            state[_slot(moment, st)] = _sharded(st, f"optimizer.{moment}",
+                                                value.float().reshape(st.local_shape).contiguous())
     return state
 
 
@@ -131,7 +87,8 @@ def load_training_state(engine, chunks, directory: Path, step: int) -> None:
             template[_slot(kind, st)] = _sharded(st, prefix, torch.empty(st.local_shape, dtype=torch.float32))
     loaded = dist_checkpointing.load(template, str(directory))
     with torch.no_grad():
-        engine.load_master_state([(p, loaded[_slot("model", st)], {m: loaded[_slot(m, st)] for m in MOMENTS})
+        engine.load_master_state([(p, loaded[_slot("model", st)].reshape(parameter_shape(p)),
+                                   {m: loaded[_slot(m, st)].reshape(parameter_shape(p)) for m in MOMENTS})
                                   for p, st in shards], step)
 
 

@@ -29,8 +29,9 @@ class ModelConfig(_Section):
     position_embedding: Literal["learned", "rope"] = "learned"
     rotary_base: int = Field(10000, ge=1)
     normalization: Literal["layernorm", "rmsnorm"] = "layernorm"
-    activation: Literal["gelu", "gelu_tanh", "relu"] = Field(
-        "gelu", description="MLP activation: gelu (erf), gelu_tanh (GPT-2's approximation), relu")
+    activation: Literal["gelu", "gelu_tanh", "relu", "swiglu", "geglu"] = Field(
+        "gelu", description="MLP activation: gelu (erf), gelu_tanh (GPT-2's approximation), relu; gated: "
+                            "swiglu (silu(gate) * up, Llama), geglu (gelu(gate) * up)")
     bias: bool = Field(True, description="biases in the linear layers")
     num_query_groups: Optional[int] = Field(None, ge=1, description="key/value heads (GQA); default: one per "
                                                                    "attention head")

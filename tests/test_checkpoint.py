@@ -120,8 +120,12 @@ def test_sigterm_saves_at_an_agreed_step_and_exits_for_requeue(reference, tmp_pa
 
 
 def test_reshard_tp2xpp2_checkpoint_to_one_process_and_to_dp2_zero2(tmp_path):
+    """With a gated MLP (SwiGLU, weight and bias) and GQA: megatron describes the gated linear_fc1
+    by a factory that the checkpoint stores as [2, ffn, ...], so each TP size takes matching
+    halves of gate and up; a wrong split would change the resumed losses."""
     common = ["train.steps=6", "train.decay=constant", "train.warmup_steps=0", "monitor.tensorboard=false",
-              "monitor.peak_tflops=1", "train.log_interval=1"]
+              "monitor.peak_tflops=1", "train.log_interval=1", "model.activation=swiglu", "model.num_query_groups=2",
+              "model.ffn_hidden_size=96"]
     ref = tmp_path / "ref"
     assert launch(1, ref, *common)[0] == 0
     saved = tmp_path / "tp2pp2"

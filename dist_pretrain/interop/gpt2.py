@@ -15,7 +15,15 @@ from __future__ import annotations
 import torch
 
 from dist_pretrain.config import Config
-from dist_pretrain.interop.layout import Heads, join_qkv, split_qkv, stack, unstack
+from dist_pretrain.interop.layout import (
+    Heads,
+    join_qkv,
+    split_qkv,
+    stack,
+    top_from_hf,
+    top_to_hf,
+    unstack,
+)
 
 name = "gpt2"
 model_type = "gpt2"
@@ -88,11 +96,7 @@ def to_hf(weights: dict[str, torch.Tensor], cfg: Config, vocab: int) -> dict[str
             q, k, v = split_qkv(layers[f"self_attention.linear_qkv.{kind}"][i], heads)
             fused = torch.cat([q, k, v])
             out[f"{hf}attn.c_attn.{kind}"] = fused.t() if kind == "weight" else fused
-    for ours, theirs in TOP_MAP:
-        out[theirs] = weights[ours]
-    out["transformer.wte.weight"] = out["transformer.wte.weight"][:vocab]
-    out["lm_head.weight"] = (out["transformer.wte.weight"] if cfg.model.tie_embeddings
-                             else weights["output_layer.weight"][:vocab])
+    out.update(top_to_hf(weights, TOP_MAP, cfg.model.tie_embeddings, vocab))
     return {k: v.contiguous() for k, v in out.items()}
 
 
@@ -127,8 +131,5 @@ def from_hf(state: dict[str, torch.Tensor], hf, cfg: Config) -> dict[str, torch.
             fused = fused.t() if kind == "weight" else fused
             layers[f"self_attention.linear_qkv.{kind}"].append(join_qkv(*fused.split(h), heads))
     out = stack(layers, LAYERS)
-    for ours, theirs in TOP_MAP:
-        out[ours] = state[theirs]
-    if not cfg.model.tie_embeddings:
-        out["output_layer.weight"] = state["lm_head.weight"]
+    out.update(top_from_hf(state, TOP_MAP, cfg.model.tie_embeddings))
     return {k: v.contiguous() for k, v in out.items()}

@@ -31,14 +31,13 @@ class ExportError(RuntimeError):
 
 def architecture_for(cfg: Config):
     """The HF architecture module for ``cfg`` (``interop.gpt2``, ...), or ExportError saying why not."""
-    from dist_pretrain.interop import gpt2
+    from dist_pretrain.interop import gpt2, llama
 
-    if cfg.family == "gpt" and cfg.model.position_embedding == "learned":
-        arch = gpt2
+    if cfg.family == "gpt":
+        arch = gpt2 if cfg.model.position_embedding == "learned" else llama
     else:
-        raise ExportError(f"export of family={cfg.family} with model.position_embedding="
-                          f"{cfg.model.position_embedding} is not implemented yet; GPT with learned "
-                          "positions exports to GPT2LMHeadModel")
+        raise ExportError(f"export of family={cfg.family} is not implemented yet; GPT exports to "
+                          "GPT2LMHeadModel (learned positions) or LlamaForCausalLM (rotary positions)")
     reason = arch.unsupported(cfg)
     if reason:
         raise ExportError(f"cannot export to {arch.model_type}: {reason}")

@@ -35,9 +35,9 @@ class HFImportError(RuntimeError):
 
 
 def architecture_for_hf(model_type: str):
-    from dist_pretrain.interop import gpt2
+    from dist_pretrain.interop import gpt2, llama
 
-    known = {gpt2.model_type: gpt2}
+    known = {arch.model_type: arch for arch in (gpt2, llama)}
     if model_type not in known:
         raise HFImportError(f"HF model_type {model_type!r} cannot be imported; supported: {', '.join(known)}")
     return known[model_type]

@@ -62,3 +62,26 @@ def pad_rows(table: torch.Tensor, rows: int) -> torch.Tensor:
 
 def padded(vocab: int, multiple: int = 128) -> int:
     return -(-vocab // multiple) * multiple
+
+
+EMBEDDING, OUTPUT = "embedding.word_embeddings.weight", "output_layer.weight"
+
+
+def top_to_hf(weights: dict[str, torch.Tensor], top_map: list[tuple[str, str]], tied: bool, vocab: int,
+              head: str = "lm_head.weight") -> dict[str, torch.Tensor]:
+    """The non-layer tensors (``top_map``: ours -> theirs; the word embedding first) with the
+    vocab tables cut to ``vocab`` rows, and the LM head: the embedding when ``tied``."""
+    out = {theirs: weights[ours] for ours, theirs in top_map}
+    embedding = top_map[0][1]
+    out[embedding] = out[embedding][:vocab]
+    out[head] = out[embedding] if tied else weights[OUTPUT][:vocab]
+    return out
+
+
+def top_from_hf(state: dict[str, torch.Tensor], top_map: list[tuple[str, str]], tied: bool,
+                head: str = "lm_head.weight") -> dict[str, torch.Tensor]:
+    """Inverse of ``top_to_hf`` (rows as in ``state``)."""
+    out = {ours: state[theirs] for ours, theirs in top_map}
+    if not tied:
+        out[OUTPUT] = state[head]
+    return out

@@ -37,10 +37,17 @@ def _seed_for(seed: int, name: str) -> int:
 def _full_shape(param: torch.Tensor, tp: int) -> list[int]:
     shape = list(param.shape)
     if getattr(param, "tensor_model_parallel", False):
-        if getattr(param, "partition_stride", 1) != 1:
-            raise NotImplementedError("strided tensor-parallel partitions are not supported")
         shape[param.partition_dim] *= tp
     return shape
+
+
+def tp_slice(full: torch.Tensor, dim: int, stride: int, tp: int, rank: int) -> torch.Tensor:
+    """The part of a whole tensor that TP rank ``rank`` holds. With ``stride`` > 1 (a gated MLP's
+    ``linear_fc1``: ``[gate; up]``, stride 2) the tensor is ``stride`` blocks along ``dim`` and
+    the rank holds its slice of each block, concatenated (``[gate_r; up_r]``), as megatron's
+    ``_initialize_affine_weight_cpu`` places it."""
+    blocks = full.unflatten(dim, (stride, full.shape[dim] // stride))
+    return blocks.chunk(tp, dim=dim + 1)[rank].flatten(dim, dim + 1)
 
 
 @torch.no_grad()
@@ -73,5 +80,5 @@ def init_layout_independent(
             gen = torch.Generator().manual_seed(_seed_for(seed, gname))
             full = torch.randn(_full_shape(param, tp), generator=gen, dtype=torch.float32) * sigma
             if getattr(param, "tensor_model_parallel", False) and tp > 1:
-                full = full.chunk(tp, dim=param.partition_dim)[tp_rank]
+                full = tp_slice(full, param.partition_dim, getattr(param, "partition_stride", 1), tp, tp_rank)
             param.copy_(full.to(param.dtype))

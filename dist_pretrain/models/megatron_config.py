@@ -10,8 +10,11 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from dist_pretrain.config import Config
 
-# model.activation -> megatron's activation_func
-ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": partial(F.gelu, approximate="tanh"), "relu": F.relu}
+# model.activation -> megatron's activation_func; the gated ones apply it to the first half of
+# linear_fc1's output (the gate) and multiply by the second (megatron's gated_linear_unit)
+ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": partial(F.gelu, approximate="tanh"), "relu": F.relu,
+               "swiglu": F.silu, "geglu": F.gelu}
+GATED = ("swiglu", "geglu")
 
 
 def transformer_config(cfg: Config, on_gpu: bool) -> TransformerConfig:
@@ -37,6 +40,7 @@ def transformer_config(cfg: Config, on_gpu: bool) -> TransformerConfig:
         layernorm_epsilon=m.layernorm_epsilon,
         normalization="RMSNorm" if m.normalization == "rmsnorm" else "LayerNorm",
         activation_func=ACTIVATIONS[m.activation],
+        gated_linear_unit=m.activation in GATED,
         add_bias_linear=m.bias,
         num_query_groups=m.num_query_groups,
         # weights are created on CPU and overwritten by models/init.py

@@ -26,9 +26,10 @@ VARIANTS = {
     "untied": ["model.tie_embeddings=false"],
     "clip": ["train.grad_clip=0.5"],
     "rope": ["model.position_embedding=rope"],
-    # the architecture options (model.normalization / bias / num_query_groups / activation)
-    "rmsnorm nobias gqa": ["model.position_embedding=rope", "model.normalization=rmsnorm", "model.bias=false",
-                           "model.num_query_groups=2", "model.activation=gelu_tanh"],
+    # the architecture options (model.normalization / bias / num_query_groups / activation): Llama-style,
+    # whose gated linear_fc1 is TP-sharded as [gate_r; up_r] on each rank (stride 2)
+    "llama-style": ["model.position_embedding=rope", "model.normalization=rmsnorm", "model.bias=false",
+                    "model.num_query_groups=2", "model.activation=swiglu", "model.ffn_hidden_size=96"],
 }
 LAYOUTS = {
     "TP2": (2, "tied", ["parallel.tensor=2"]),
@@ -49,7 +50,8 @@ LAYOUTS = {
                                          "parallel.zero_stage=0"]),
     "TP2xPP2": (4, "tied", ["parallel.tensor=2", "parallel.pipeline=2"]),
     "TP2xPP2 rope": (4, "rope", ["parallel.tensor=2", "parallel.pipeline=2"]),
-    "TP2xPP2 rmsnorm, no bias, GQA, gelu_tanh": (4, "rmsnorm nobias gqa", ["parallel.tensor=2", "parallel.pipeline=2"]),
+    "TP2xPP2 Llama-style (rmsnorm, no bias, GQA, swiglu)": (4, "llama-style", ["parallel.tensor=2",
+                                                                                "parallel.pipeline=2"]),
     "TP2xDP2 ZeRO-1": (4, "tied", ["parallel.tensor=2", "parallel.zero_stage=1"]),
     "TP2xDP2 ZeRO-3": (4, "tied", ["parallel.tensor=2", "parallel.zero_stage=3"]),
     "PP2xDP2 ZeRO-1": (4, "tied", ["parallel.pipeline=2", "parallel.zero_stage=1"]),

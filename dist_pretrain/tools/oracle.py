@@ -37,10 +37,15 @@ LAYOUT = ["parallel.tensor=2", "parallel.pipeline=2", "parallel.zero_stage=1"]
 # scale the update is ~linear in g, so the comparison sees the gradient itself.
 COMMON = ["train.steps=1", "train.warmup_steps=0", "train.decay=constant", "train.adam_eps=1e-3", "train.grad_clip=1.0", "train.precision=fp32", "monitor.tensorboard=false",
           "monitor.peak_tflops=1", "train.log_interval=1"]
+# the tiny GPT as LlamaForCausalLM: rotary positions, RMSNorm, SwiGLU, no biases, GQA, untied head
+LLAMA_STYLE = ["model.position_embedding=rope", "model.normalization=rmsnorm", "model.activation=swiglu",
+               "model.bias=false", "model.num_query_groups=2", "model.ffn_hidden_size=96",
+               "model.tie_embeddings=false", "train.grad_clip=0.5"]  # its first grad norm is ~0.9: clip it
 # name -> (config, overrides)
 CASES = {
     "GPT-2-style": (CONFIGS / "gpt" / "tiny.yaml", ["model.tie_embeddings=false"]),
     "GPT-2-style tied": (CONFIGS / "gpt" / "tiny.yaml", []),
+    "Llama-style": (CONFIGS / "gpt" / "tiny.yaml", LLAMA_STYLE),
 }
 
 
@@ -150,6 +155,7 @@ def run_case(name: str, workdir: Path) -> dict:
     return {"ours_loss": logged["train/loss"], "hf_loss": hf_loss_value,
             "loss_rel_dev": abs(logged["train/loss"] - hf_loss_value) / abs(hf_loss_value),
             "grad_norm_rel_dev": abs(logged["train/grad_norm"] - hf_norm) / hf_norm, "grad_norm": hf_norm,
+            "grad_clip": cfg.train.grad_clip,
             "weight_rel_dev": weight_dev, "update_rel_dev": update_dev, "export": export_out.strip().splitlines()[-1]}
 
 
