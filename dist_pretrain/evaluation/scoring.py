@@ -6,9 +6,10 @@ are those of ``encode(context + continuation)`` after the context's own tokens (
 across the boundary stays in the continuation); an empty context starts from EOS. A request
 longer than the model's positions loses tokens from the left of its context, and says so.
 
-The log-probabilities are the model's own softmax over every embedding row (padded rows
-included, as in training and in ``dist-pretrain export``), so the numbers equal those of the
-exported model in transformers.
+The log-probabilities are the model's own softmax over its embedding rows: all of them (padded
+rows included, as in training and in ``dist-pretrain export``), or for an imported model the
+original vocab (``CausalLM.softmax_rows``), so the numbers equal those of the exported (or
+original) model in transformers.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def score_requests(lm: CausalLM, requests: Sequence[tuple[str, str]], batch_size
             ids[j, :len(rows[i][0]) - 1] = torch.tensor(rows[i][0][:-1])
         positions = torch.arange(width, device=lm.device).expand_as(ids)
         keep = torch.ones_like(ids, dtype=torch.bool)
-        logprobs = torch.log_softmax(lm.forward(ids, positions, keep).float(), dim=-1)
+        logits = lm.forward(ids, positions, keep)[..., :lm.softmax_rows]
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
         for j, i in enumerate(idx):
             full, n, truncated = rows[i]
             target = torch.tensor(full[-n:], device=lm.device)

@@ -40,6 +40,10 @@ class CausalLM:
     vocab_size: int  # ids the tokenizer knows; padded embedding rows above it are never chosen
     device: torch.device
     source: str = ""
+    # rows of the model's own distribution (scoring): all embedding rows, as training's softmax
+    # and the export have them, or the original vocab of an imported model (its export drops the
+    # zero rows the import padded with)
+    softmax_rows: int | None = None
 
     @property
     def max_positions(self) -> int:
@@ -156,4 +160,4 @@ def load_causal_lm(src: str | Path, tokenizer: str | None = None, tensor: int = 
     tok = checkpoint_tokenizer(cfg, directory, tokenizer)
     known = [n for n in (meta.get("hf", {}).get("vocab_size"), cfg.model.vocab_size, tok.vocab_size) if n]
     return CausalLM(cfg=cfg, chunk=chunk, tokenizer=tok, vocab_size=min([rows, *known]), device=target,
-                    source=str(directory))
+                    source=str(directory), softmax_rows=int(meta.get("hf", {}).get("vocab_size") or rows))
