@@ -86,7 +86,7 @@ def main() -> int:
     sh(str(lm_eval), "--model", "hf", "--model_args", f"pretrained={hf},dtype=float32", "--tasks",
        ",".join(n for _, n, _ in names), "--include_path", str(work / "tasks"), "--device", "cpu",
        "--batch_size", "16", "--output_path", str(work / "lm_eval_out"), env=env)
-    theirs = json.loads(Path(sorted(glob.glob(str(work / "lm_eval_out/**/results_*.json"), recursive=True))[-1])
+    theirs = json.loads(Path(max(glob.glob(str(work / "lm_eval_out/**/results_*.json"), recursive=True)))
                         .read_text())["results"]
     ours_out = work / "ours.json"
     sh(sys.executable, "-m", "dist_pretrain", "evaluate", str(src), *[a for _, _, p in names for a in ("--task", str(p))],

@@ -14,7 +14,13 @@ import pytest
 
 from dist_pretrain.evaluation.prompts import build_context, demonstrations
 from dist_pretrain.evaluation.runner import wilson
-from dist_pretrain.evaluation.tasks import Task, analogies, lambada_demo, load_task_file, polarity
+from dist_pretrain.evaluation.tasks import (
+    Task,
+    analogies,
+    lambada_demo,
+    load_task_file,
+    polarity,
+)
 from dist_pretrain.inference.model import InferenceError
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}

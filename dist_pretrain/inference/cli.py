@@ -46,8 +46,14 @@ class Streamer:
     """Prints one row's text as it grows, holding back what may still turn out to be the start
     of a stop string or an incomplete UTF-8 character."""
 
-    def __init__(self, tokenizer, stop: list[str], out=sys.stdout):
-        self.tokenizer, self.stop, self.out, self.printed = tokenizer, stop, out, 0
+    def __init__(self, prompt: str, tokenizer, stop: list[str], out=sys.stdout):
+        self.prompt, self.tokenizer, self.stop, self.out, self.printed = prompt, tokenizer, stop, out, 0
+        self.started = False
+
+    def start(self) -> None:
+        if not self.started:  # the prompt, once the first token has come
+            self.out.write(self.prompt)
+            self.started = True
 
     def __call__(self, row: int, ids: list[int]) -> None:
         text = self.tokenizer.decode([i for i in ids if i != self.tokenizer.eos_id]).rstrip("\ufffd")
@@ -55,12 +61,14 @@ class Streamer:
         self.emit(text[:len(text) - hold])
 
     def emit(self, text: str) -> None:
+        self.start()
         if len(text) > self.printed and not any(s in text for s in self.stop if s):
             self.out.write(text[self.printed:])
             self.out.flush()
             self.printed = len(text)
 
     def finish(self, completion: str) -> None:
+        self.start()
         self.out.write(completion[self.printed:] + "\n")
         self.out.flush()
 
@@ -112,9 +120,7 @@ def run(args, rank0: bool) -> int:
     rows = []
     for start in range(0, len(prompts), args.batch_size):
         batch = prompts[start:start + args.batch_size]
-        streamer = Streamer(lm.tokenizer, args.stop) if len(prompts) == 1 and rank0 else None
-        if streamer:
-            print(batch[0], end="", flush=True)
+        streamer = Streamer(batch[0], lm.tokenizer, args.stop) if len(prompts) == 1 and rank0 else None
         done = generate(lm, batch, args.max_new_tokens, sampling, args.stop, not args.ignore_eos,
                         on_token=streamer)
         for c in done:

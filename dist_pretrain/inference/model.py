@@ -142,7 +142,8 @@ def load_causal_lm(src: str | Path, tokenizer: str | None = None, tensor: int = 
                              "(GPT only)")
     world = world_size_from_env()
     if world % (tensor * pipeline):
-        raise InferenceError(f"--tensor {tensor} x --pipeline {pipeline} does not divide the {world} processes")
+        raise InferenceError(f"--tensor {tensor} x --pipeline {pipeline} does not divide the {world} processes; "
+                             f"run under torchrun --nproc-per-node {tensor * pipeline} (or srun / mpirun)")
     if pipeline > cfg.model.num_layers:
         raise InferenceError(f"--pipeline {pipeline} is more than the model's {cfg.model.num_layers} layers")
     par = cfg.parallel.model_copy(update={"tensor": tensor, "pipeline": pipeline, "virtual_pipeline": None,
