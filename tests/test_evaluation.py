@@ -79,7 +79,8 @@ def test_wilson_interval():
 
 def test_log_likelihoods_and_accuracies_equal_transformers(tmp_path):
     """A random GPT-2 imported into our format; our scores against HF's forward on the same
-    tokens, and acc / acc_norm against the same rule applied to HF's numbers."""
+    tokens, and acc / acc_norm against the same rule applied to HF's numbers; exact match
+    after whitespace normalisation on answers that are (and one that is not) the greedy text."""
     task = tmp_path / "mc.jsonl"
     rows = [{"query": f"Question {i}: which word comes next after {w}?", "choices": c, "gold": i % len(c)}
             for i, (w, c) in enumerate([("red", ["blue", "green apple", "yellow"]), ("one", ["two", "three"]),
@@ -115,6 +116,14 @@ if __name__ == "__main__":
         lp = torch.log_softmax(hf(input_ids=ids).logits[0, :-1].float(), -1)
         theirs.append(float(lp[len(a) - 1:].gather(-1, ids[0, len(a):, None]).sum()))
     res = {{r["metric"]: r["value"] for r in evaluate_task(lm, task, 1, seed=3, batch_size=3)}}
+    # generative: answers that are the greedy text (re-spaced), and one that is not
+    from dist_pretrain.evaluation.tasks import Task
+    from dist_pretrain.inference import SamplingParams, generate
+    qs = ["Question: what is red?\\nAnswer:", "Question: what is blue?\\nAnswer:", "Question: why?\\nAnswer:"]
+    said = [c.completion for c in generate(lm, qs, 32, SamplingParams(greedy=True), stop=["\\n"])]
+    answers = ["  " + said[0].replace(" ", "   ") + " ", said[1], said[2] + " and more"]
+    gen = Task(name="g", kind="generate", test=[{{"context": q, "answer": a}} for q, a in zip(qs, answers)])
+    res["exact_match"] = evaluate_task(lm, gen, 0)[0]["value"]
     print(json.dumps([ours, theirs, res]))
 """
     proc = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=600,
@@ -129,4 +138,4 @@ if __name__ == "__main__":
         norm = [x / len(c) for x, c in zip(ll, r["choices"])]
         acc.append(ll.index(max(ll)) == r["gold"])
         acc_norm.append(norm.index(max(norm)) == r["gold"])
-    assert res == {"acc": sum(acc) / 4, "acc_norm": sum(acc_norm) / 4}, (res, acc, acc_norm)
+    assert res == {"acc": sum(acc) / 4, "acc_norm": sum(acc_norm) / 4, "exact_match": 2 / 3}, (res, acc, acc_norm)

@@ -6,7 +6,7 @@
 * lm (last word): ``acc``: every continuation token is the greedy argmax; ``perplexity``:
   exp(-mean over items of the continuation's log-likelihood), as lm-evaluation-harness
   reports LAMBADA.
-* generate: greedy decoding until a stop string (or EOS); ``exact_match`` after whitespace
+* generate: greedy decoding until a stop string, EOS or ``max_new_tokens``; ``exact_match`` after whitespace
   normalisation (ends stripped, inner runs of whitespace one space).
 
 Every metric comes with ``n`` and a 95% interval: Wilson's for proportions, and for
@@ -82,11 +82,10 @@ def evaluate_task(lm: CausalLM, task: Task, shots: int, limit: int | None = None
         from dist_pretrain.inference.generate import generate
         from dist_pretrain.inference.sampling import SamplingParams
 
-        longest = max(len(ids) for ids in lm.tokenizer.encode_batch([rows[i]["answer"] for i in items]))
         prompts = contexts  # the delimiter is generated (" Paris" is one token, " " + "Paris" two)
         done = []
         for start in range(0, len(prompts), batch_size):
-            done += generate(lm, prompts[start:start + batch_size], longest + 8, SamplingParams(greedy=True),
+            done += generate(lm, prompts[start:start + batch_size], task.max_new_tokens, SamplingParams(greedy=True),
                              stop=task.stop)
         truncated = sum(c.truncated_prompt_tokens > 0 for c in done)
         hits = [normalise(c.completion) == normalise(rows[i]["answer"]) for c, i in zip(done, items)]

@@ -46,7 +46,8 @@ class Task:
     description: str = ""
     example_delimiter: str = "\n\n"
     target_delimiter: str = " "
-    stop: tuple[str, ...] = ("\n",)  # generative tasks
+    stop: tuple[str, ...] = ("\n",)  # generative tasks: greedy until one of these, EOS or
+    max_new_tokens: int = 32  # this many tokens
 
     @property
     def pool(self) -> list[dict]:
