@@ -1,5 +1,5 @@
 """``dist-pretrain`` command: train, check, preprocess, tokenizer train, checkpoint, export, import,
-demo-corpus.
+generate, evaluate, demo-corpus.
 
 A ``UserError`` (bad config, data, path, checkpoint or weights) leaves every command as
 ``error:`` lines and exit status 2, without a traceback (``DIST_PRETRAIN_DEBUG=1`` shows it).
@@ -82,7 +82,8 @@ def _train(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"train", "check", "preprocess", "demo-corpus", "tokenizer", "checkpoint", "export", "import"}
+    commands = {"train", "check", "preprocess", "demo-corpus", "tokenizer", "checkpoint", "export", "import",
+                "generate", "evaluate"}
     if not argv or argv[0] not in commands:
         print(f"usage: dist-pretrain {{{','.join(sorted(commands))}}} ...", file=sys.stderr)
         return 2
@@ -117,6 +118,14 @@ def _command(cmd: str, rest: list[str]) -> int:
         from dist_pretrain.interop.hf_import import main as import_main
 
         return import_main(rest)
+    if cmd == "generate":
+        from dist_pretrain.inference.cli import main as generate_main
+
+        return generate_main(rest)
+    if cmd == "evaluate":
+        from dist_pretrain.evaluation.cli import main as evaluate_main
+
+        return evaluate_main(rest)
     if cmd == "tokenizer":
         if not rest or rest[0] != "train":
             print("usage: dist-pretrain tokenizer train --kind bpe|wordpiece|unigram|sentencepiece ...",

@@ -72,7 +72,10 @@ class SDPAttention(MegatronModule):
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
         mask = None
         is_causal = mask_type == AttnMaskType.causal
-        if attention_mask is not None and mask_type != AttnMaskType.no_mask:
+        # a mask given with ``no_mask`` is kept: megatron's KV-cache decoding switches the type to
+        # no_mask after the prompt (one new query sees every cached key), but left-padded prompts
+        # still need their padding keys masked (``dist_pretrain.inference``)
+        if attention_mask is not None:
             mask = ~attention_mask.bool()  # SDPA: True = attend
             if is_causal:
                 sq, sk = q.shape[2], k.shape[2]

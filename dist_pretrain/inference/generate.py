@@ -1,0 +1,118 @@
+"""Batched text generation for decoder-only models with a KV cache.
+
+Prompts of different lengths are left-padded into one batch. Each row's positions count
+its own tokens only (the first real token is position 0, as in training), and the padding
+keys are masked in every step, so a prompt gives the same text alone or in a batch.
+
+One prefill pass over the prompt block fills megatron's ``StaticInferenceContext``; after
+it every step feeds only the newest token of each row and attends to the cached keys and
+values (``kv_cache=False`` recomputes the whole sequence every step instead: the reference
+the cache is tested against). A row stops at EOS, at a stop string, or after
+``max_new_tokens``; the batch stops when every row has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from dist_pretrain.inference.model import CausalLM, InferenceError
+from dist_pretrain.inference.sampling import SamplingParams, next_tokens
+
+
+@dataclass
+class Completion:
+    """One prompt's result. ``token_ids`` are the generated ids only (a final EOS included);
+    ``completion`` is their text, cut before a stop string and without EOS."""
+
+    prompt: str
+    completion: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str = "length"  # "eos", "stop" or "length"
+    prompt_tokens: int = 0
+    truncated_prompt_tokens: int = 0  # dropped from the left to fit the position limit
+
+    def row(self) -> dict:
+        return {"prompt": self.prompt, "completion": self.completion, "token_ids": self.token_ids}
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """``text`` up to the earliest stop string, and whether one occurred."""
+    hits = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return (text[:min(hits)], True) if hits else (text, False)
+
+
+def encode_prompts(lm: CausalLM, prompts: Sequence[str], max_new_tokens: int) -> tuple[list[list[int]], list[int]]:
+    """Token ids of each prompt, left-truncated to leave room for ``max_new_tokens`` within the
+    model's positions; an empty prompt starts from EOS (a document boundary, as in training)."""
+    room = lm.max_positions - max_new_tokens
+    if room < 1:
+        raise InferenceError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt: the model has "
+                             f"{lm.max_positions} positions")
+    encoded = [ids or [lm.tokenizer.eos_id] for ids in lm.tokenizer.encode_batch(list(prompts))]
+    dropped = [max(0, len(ids) - room) for ids in encoded]
+    return [ids[d:] for ids, d in zip(encoded, dropped)], dropped
+
+
+@torch.no_grad()
+def generate(lm: CausalLM, prompts: Sequence[str], max_new_tokens: int = 32, sampling: SamplingParams | None = None,
+             stop: Sequence[str] = (), stop_at_eos: bool = True, kv_cache: bool = True,
+             on_token: Callable[[int, list[int]], None] | None = None) -> list[Completion]:
+    """Continue every prompt; ``on_token(row, generated_ids)`` is called after each step for
+    rows still running (streaming). All ranks call this together and get the same result."""
+    if isinstance(prompts, str):
+        raise InferenceError("prompts must be a list of strings, not one string")
+    if not prompts:
+        return []
+    if max_new_tokens < 1:
+        raise InferenceError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    sampling = sampling or SamplingParams()
+    encoded, dropped = encode_prompts(lm, prompts, max_new_tokens)
+    b, width = len(encoded), max(len(ids) for ids in encoded)
+    pad = lm.tokenizer.eos_id
+    dev = lm.device
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in encoded], dtype=torch.long, device=dev)
+    keep = torch.tensor([[False] * (width - len(r)) + [True] * len(r) for r in encoded], device=dev)
+    positions = (keep.long().cumsum(-1) - 1).clamp(min=0)
+    generator = torch.Generator(device=dev).manual_seed(sampling.seed)
+    cache = lm.new_cache(b, width + max_new_tokens) if kv_cache else None
+    out = [Completion(prompt=p, prompt_tokens=len(e), truncated_prompt_tokens=d)
+           for p, e, d in zip(prompts, encoded, dropped)]
+    running = [True] * b
+    step_ids, step_pos = ids, positions
+    for _ in range(max_new_tokens):
+        logits = lm.forward(step_ids, step_pos, keep, cache)
+        chosen = next_tokens(logits[:, -1, :], lm.vocab_size, sampling, generator) if logits is not None else None
+        chosen = lm.agree(chosen, b)
+        for row, token in enumerate(chosen.tolist()):
+            if running[row]:
+                running[row] = _extend(out[row], token, lm, stop, stop_at_eos)
+                if on_token is not None:
+                    on_token(row, out[row].token_ids)
+        if not any(running):
+            break
+        new = chosen.unsqueeze(1)
+        new_pos = positions[:, -1:] + 1
+        ids, positions = torch.cat([ids, new], 1), torch.cat([positions, new_pos], 1)
+        keep = torch.cat([keep, torch.ones(b, 1, dtype=torch.bool, device=dev)], 1)
+        step_ids, step_pos = (new, new_pos) if kv_cache else (ids, positions)
+    for c in out:
+        if c.finish_reason == "length":
+            c.completion = lm.tokenizer.decode(c.token_ids)
+    return out
+
+
+def _extend(c: Completion, token: int, lm: CausalLM, stop: Sequence[str], stop_at_eos: bool) -> bool:
+    """Append ``token`` to ``c``; False when the row is finished (EOS or a stop string)."""
+    c.token_ids.append(token)
+    if stop_at_eos and token == lm.tokenizer.eos_id:
+        c.completion, c.finish_reason = lm.tokenizer.decode(c.token_ids[:-1]), "eos"
+        return False
+    if stop:
+        text, hit = cut_at_stop(lm.tokenizer.decode(c.token_ids), stop)
+        if hit:
+            c.completion, c.finish_reason = text, "stop"
+            return False
+    return True

@@ -1,0 +1,164 @@
+"""A GPT checkpoint ready for inference on this rank, at any TP / PP layout.
+
+``load_causal_lm(SRC)`` takes a run directory (its newest good checkpoint), a checkpoint
+directory or the output of ``dist-pretrain import``, builds the model at the current layout
+(one process, or the TP x PP given, under torchrun / srun), fills it with weights only and
+finds the tokenizer: ``--tokenizer``, else a ``tokenizer.json`` next to the weights (an
+import), else the one named by the training data's manifest.
+
+``CausalLM.forward`` runs one step of megatron-core's ``GPTModel`` with a
+``StaticInferenceContext`` (the KV cache): the prompt block first, then one token per call.
+Under pipeline parallelism each stage receives the previous stage's hidden states and sends
+its own on; only the last stage gets logits, gathered over the TP ranks
+(``runtime_gather_output``). ``agree`` hands the tokens chosen there to every rank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.inference.contexts import StaticInferenceContext
+
+from dist_pretrain.config import Config
+from dist_pretrain.errors import UserError
+
+
+class InferenceError(UserError, ValueError):
+    """A model, tokenizer or request that inference cannot serve (the message says which value)."""
+
+
+@dataclass
+class CausalLM:
+    """This rank's part of a decoder-only model, with what generation needs around it."""
+
+    cfg: Config
+    chunk: torch.nn.Module
+    tokenizer: object  # dist_pretrain.data.tokenizer's interface (encode_batch, decode, eos_id)
+    vocab_size: int  # ids the tokenizer knows; padded embedding rows above it are never chosen
+    device: torch.device
+    source: str = ""
+    # rows of the model's own distribution (scoring): all embedding rows, as training's softmax
+    # and the export have them, or the original vocab of an imported model (its export drops the
+    # zero rows the import padded with)
+    softmax_rows: int | None = None
+
+    @property
+    def max_positions(self) -> int:
+        return self.cfg.model.max_positions
+
+    @property
+    def is_last_stage(self) -> bool:
+        return parallel_state.is_pipeline_last_stage()
+
+    def new_cache(self, batch: int, length: int) -> StaticInferenceContext:
+        """A KV cache for ``batch`` sequences of at most ``length`` tokens (allocated per layer
+        by megatron's attention on first use)."""
+        return StaticInferenceContext(batch, length)
+
+    @torch.no_grad()
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, keep: torch.Tensor,
+                cache: StaticInferenceContext | None = None) -> torch.Tensor | None:
+        """Logits ``[b, s_out, padded vocab]`` on the last stage (None elsewhere) for the new
+        tokens ``ids`` [b, s] at ``positions``; ``keep`` [b, s_total] marks real tokens among all
+        the keys (cached and new; False = left padding). With a cache, ``s_out`` is 1 (the last
+        position) and the cache advances by ``s``; without, every position's logits."""
+        b, s = ids.shape
+        # megatron's convention: True = masked; the causal part is added by the core attention
+        mask = ~keep[:, None, None, :]
+        if not parallel_state.is_pipeline_first_stage():
+            hidden = torch.empty(s, b, self.cfg.model.hidden_size, dtype=torch.float32, device=self.device)
+            torch.distributed.recv(hidden, src=parallel_state.get_pipeline_model_parallel_prev_rank())
+            self.chunk.set_input_tensor(hidden)
+        out = self.chunk(ids, positions, mask, inference_context=cache, runtime_gather_output=True)
+        if cache is not None:
+            cache.increment_sequence_len_offset(s)
+        if not self.is_last_stage:
+            torch.distributed.send(out.contiguous(), dst=parallel_state.get_pipeline_model_parallel_next_rank())
+            return None
+        return out
+
+    def agree(self, tokens: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """The ids chosen on the first rank of the last stage, on every rank."""
+        if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+            return tokens
+        if tokens is None:
+            tokens = torch.empty(batch, dtype=torch.long, device=self.device)
+        torch.distributed.broadcast(tokens, src=_chooser_rank())
+        return tokens
+
+
+def _chooser_rank() -> int:
+    """Global rank of the last pipeline stage's first TP rank of data-parallel replica 0."""
+    last_stage = parallel_state.get_pipeline_model_parallel_world_size() - 1
+    # megatron orders ranks tp-dp-pp (TP fastest): replica 0, TP rank 0 of the last stage
+    return last_stage * (torch.distributed.get_world_size() // parallel_state.get_pipeline_model_parallel_world_size())
+
+
+def checkpoint_tokenizer(cfg: Config, directory: Path, name: str | None = None):
+    """Our tokenizer for a checkpoint: ``name``, else ``tokenizer.json`` in ``directory``, else the
+    training data's (its manifest); InferenceError when none can be found."""
+    from dist_pretrain.data.tokenizer import load_tokenizer
+
+    if name is None and (directory / "tokenizer.json").is_file():
+        name = str(directory / "tokenizer.json")
+    if name is None and not cfg.data.synthetic and cfg.data.sources():
+        from dist_pretrain.data.manifest import read_manifest
+
+        try:
+            name = read_manifest(cfg.data.sources()[0][0])["tokenizer"]["name"]
+        except UserError as err:
+            raise InferenceError(f"the tokenizer of {directory} comes from its training data, which is not "
+                                 f"readable here ({err}); pass --tokenizer NAME_OR_PATH") from None
+    if name is None:
+        raise InferenceError(f"{directory} was trained on synthetic tokens and names no tokenizer; pass "
+                             "--tokenizer NAME_OR_PATH (gpt2, bert, a tokenizer.json or a SentencePiece .model)")
+    try:
+        return load_tokenizer(name)
+    except ValueError as err:
+        raise InferenceError(str(err)) from None
+
+
+def load_causal_lm(src: str | Path, tokenizer: str | None = None, tensor: int = 1, pipeline: int = 1,
+                   device: str | None = None) -> CausalLM:
+    """The GPT of ``src`` on this rank at TP = ``tensor``, PP = ``pipeline`` (both 1: one process)."""
+    from dist_pretrain.models.load import (
+        build_model,
+        checkpoint_meta,
+        checkpoint_shapes,
+        init_single_process,
+        load_weights,
+        resolve_checkpoint,
+    )
+    from dist_pretrain.runtime import init_distributed, world_size_from_env
+
+    directory = resolve_checkpoint(src)
+    meta = checkpoint_meta(directory)
+    cfg = Config.model_validate(meta["config"])
+    if cfg.family != "gpt":
+        raise InferenceError(f"{directory}: generation for family={cfg.family} is not implemented yet "
+                             "(GPT only)")
+    world = world_size_from_env()
+    if world % (tensor * pipeline):
+        raise InferenceError(f"--tensor {tensor} x --pipeline {pipeline} does not divide the {world} processes; "
+                             f"run under torchrun --nproc-per-node {tensor * pipeline} (or srun / mpirun)")
+    if pipeline > cfg.model.num_layers:
+        raise InferenceError(f"--pipeline {pipeline} is more than the model's {cfg.model.num_layers} layers")
+    par = cfg.parallel.model_copy(update={"tensor": tensor, "pipeline": pipeline, "virtual_pipeline": None,
+                                          "nproc": world})
+    cfg = cfg.model_copy(update={"parallel": par})
+    if world == 1:
+        init_single_process()
+    else:
+        init_distributed(tensor, pipeline, None, cfg.parallel.timeout_minutes)
+    rows = checkpoint_shapes(directory)["embedding.word_embeddings.weight"][0]
+    chunks = build_model(cfg, rows)
+    load_weights(chunks, directory)
+    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    chunk = chunks[0].to(target).eval()
+    tok = checkpoint_tokenizer(cfg, directory, tokenizer)
+    known = [n for n in (meta.get("hf", {}).get("vocab_size"), cfg.model.vocab_size, tok.vocab_size) if n]
+    return CausalLM(cfg=cfg, chunk=chunk, tokenizer=tok, vocab_size=min([rows, *known]), device=target,
+                    source=str(directory), softmax_rows=int(meta.get("hf", {}).get("vocab_size") or rows))
