@@ -289,12 +289,13 @@ def test_preprocess_under_srun_pmi2_matches_one_rank(cluster, tmp_path):
     (["checkpoint.resume=runs/gone/checkpoints/step-00000004"], {"LAUNCH": "srun"},
      "checkpoint.resume=runs/gone/checkpoints/step-00000004 does not exist"),
 ], ids=["cross-field", "world-size-of-the-allocation", "resume-path-missing-direct-srun"])
-def test_bad_input_fails_in_the_batch_script_before_any_node_starts(cluster, tmp_path, args, env, fragment):
+def test_bad_input_fails_in_the_batch_script_before_any_node_starts(cluster, real_lm_shards, tmp_path, args, env,
+                                                                    fragment):
     """The pre-flight runs in the batch script at the job's world size (2 nodes): one error
     line in the job log, exit 2, no srun step, no run directory, no traceback."""
     t0 = time.monotonic()
     job = cluster.submit(tmp_path, "--nodes=2", "--job-name=bad", str(ROOT / "slurm/pretrain.sbatch"), CFG,
-                         *TRAIN, *args, env=env)
+                         *TRAIN, f"data.path={real_lm_shards}", *args, env=env)
     log = tmp_path / f"logs/bad_{job}.out"
     info = cluster.wait(job, log, timeout=60)
     text = log.read_text()
