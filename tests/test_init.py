@@ -3,7 +3,6 @@ one-process tensor, the values are N(0, std), and the tensor-parallel attributes
 sets none with ``perform_initialization=False``) are exactly those megatron sets itself.
 The whole-model layout independence is proven end to end by test_equivalence / test_interop."""
 
-import numpy as np
 import pytest
 import torch
 from scipy import stats
@@ -19,7 +18,7 @@ def _shard_of(full: torch.Tensor, dim: int, stride: int, tp: int, rank: int) -> 
 
 @pytest.mark.parametrize("dim,stride,tp", [(0, 1, 2), (1, 1, 2), (0, 2, 2), (0, 2, 4), (1, 1, 4)])
 def test_every_shard_is_the_slice_of_the_whole_tensor(monkeypatch, dim, stride, tp):
-    monkeypatch.setattr("dist_pretrain.models.init.CHUNK_VALUES", 37)  # many chunks, odd starts
+    monkeypatch.setattr("dist_pretrain.models.init.BLOCK", 37)  # ranges start and end inside blocks
     whole = torch.empty(16, 24)
     fill_normal_shard(whole, key=12345, std=0.02, dim=dim, stride=stride, tp=1, rank=0)
     for rank in range(tp):
@@ -32,10 +31,11 @@ def test_every_shard_is_the_slice_of_the_whole_tensor(monkeypatch, dim, stride, 
 
 def test_ranges_are_windows_of_one_stream_and_normal():
     values = normal_range(7, 0, 200_001)
-    for start, count in [(1, 10), (3, 4), (8, 1), (99_999, 7), (200_000, 1)]:
-        assert np.array_equal(normal_range(7, start, count), values[start: start + count])
-    assert not np.array_equal(normal_range(8, 0, 100), values[:100])  # another parameter, another stream
-    assert stats.kstest(values, "norm").pvalue > 1e-3
+    for start, count in [(1, 10), (65_535, 4), (65_536, 1), (99_999, 70_000), (200_000, 1)]:
+        assert torch.equal(normal_range(7, start, count), values[start: start + count])
+    assert not torch.equal(normal_range(8, 0, 100), values[:100])  # another parameter, another stream
+    assert torch.equal(normal_range(7, 5, 10, std=0.5), values[5:15] * 0.5)
+    assert stats.kstest(values.numpy(), "norm").pvalue > 1e-3
     assert abs(values.mean()) < 0.01 and abs(values.std() - 1) < 0.01
 
 

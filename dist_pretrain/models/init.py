@@ -1,16 +1,17 @@
 """Initial weights that depend on the seed only, never on the parallel layout, drawn shard by shard.
 
 Every value of a parameter is a function of (run seed, the parameter's global name, the value's
-position in the *whole* unsharded tensor): a counter-based generator (Philox 4x64, numpy's
-``Philox`` bit generator, whose counter can be set to any position) is keyed by the seed and
-the global name (with the global layer index), and the value at canonical position ``i`` comes
-from counter draw ``i // 2`` (one 64-bit draw gives two normals, Box-Muller). The canonical
-order is the whole tensor, row-major, with its tensor-parallel partition dimension moved first,
-so the part a TP rank owns (a block of rows along that dimension, or ``stride`` blocks for a
-gated MLP's ``[gate; up]``) is a few contiguous counter ranges. Each rank therefore generates
-exactly its own shard, once, in bounded chunks: TP1, TP2, PP2, PP2xVPP2 ... start from the same
-function, so the same seed gives the same loss curve on any layout, and a rank's init cost and
-memory follow its shard, not the model.
+position in the *whole* unsharded tensor). The canonical order of a parameter's values is the
+whole tensor, row-major, with its tensor-parallel partition dimension moved first; that sequence
+is cut into blocks of ``BLOCK`` values, and block ``b`` is drawn from its own generator, seeded
+by (the seed and global name's 64-bit key, ``b``) through numpy's ``SeedSequence`` (``SFC64``,
+float32 standard normals). The part a TP rank owns (a block of rows along the partition
+dimension, or ``stride`` of them for a gated MLP's ``[gate; up]``) is a few contiguous ranges of
+that order, so each rank draws only the blocks its shard touches (at most two partial blocks
+too many per range), once: TP1, TP2, PP2, PP2xVPP2 ... start from the same function, the same
+seed gives the same loss curve on any layout, and a rank's init time and memory follow its
+shard, not the model. (Every value is also independent of the CPU: numpy's generators give the
+same bits everywhere, where vectorised float kernels need not.)
 
 Megatron-core's own initialisation is switched off (``perform_initialization=False`` in
 ``megatron_config``): it would draw every weight whole on each rank only for us to overwrite
@@ -38,8 +39,8 @@ from megatron.core.tensor_parallel.layers import (
 from megatron.core.transformer.mlp import MLP
 
 _LAYER = re.compile(r"(^|\.)layers\.(\d+)\.")
-# values generated per call: bounds the transient memory of a draw (~40 bytes per value)
-CHUNK_VALUES = 1 << 20
+# values per generator: a block is drawn whole (the same numbers whoever needs part of it)
+BLOCK = 1 << 16
 
 
 def _global_name(chunk: torch.nn.Module, name: str) -> str:
@@ -54,46 +55,40 @@ def _global_name(chunk: torch.nn.Module, name: str) -> str:
 
 
 def parameter_key(seed: int, name: str) -> int:
-    """The 64-bit Philox key of a parameter: the run seed and the parameter's global name."""
+    """The 64-bit key of a parameter's generators: the run seed and the parameter's global name."""
     return int(hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()[:16], 16)
 
 
-def normal_range(key: int, start: int, count: int) -> np.ndarray:
-    """Standard normals at canonical positions ``start .. start + count - 1`` of stream ``key``
-    (float64). Position ``i`` comes from 64-bit draw ``i // 2``: its high and low 32 bits are
-    the two uniforms of a Box-Muller pair, cosine for even ``i``, sine for odd."""
-    first, stop = start // 2, (start + count + 1) // 2
-    # Philox 4x64 gives 4 draws per counter value: start at the block holding draw ``first``
-    skip = first % 4
-    raw = np.random.Philox(key=key, counter=first // 4).random_raw(stop - first + skip)[skip:]
-    u1 = ((raw >> np.uint64(32)) + np.uint64(1)).astype(np.float64) * 2.0**-32  # (0, 1]
-    u2 = (raw & np.uint64(0xFFFFFFFF)).astype(np.float64) * (2.0 * math.pi * 2.0**-32)
-    del raw
-    radius = np.sqrt(-2.0 * np.log(u1))
-    del u1
-    out = np.empty((stop - first, 2))
-    np.multiply(radius, np.cos(u2), out=out[:, 0])
-    np.multiply(radius, np.sin(u2), out=out[:, 1])
-    offset = start - 2 * first
-    return out.reshape(-1)[offset: offset + count]
+def normal_range(key: int, start: int, count: int, std: float = 1.0,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+    """N(0, std) values at canonical positions ``start .. start + count - 1`` of the parameter
+    whose key is ``key``, written into ``out`` (a contiguous float32 tensor of ``count``
+    values) or a new tensor; only the blocks that overlap the range are drawn."""
+    out = torch.empty(count) if out is None else out
+    for block in range(start // BLOCK, (start + count - 1) // BLOCK + 1 if count else 0):
+        values = np.random.Generator(np.random.SFC64([key, block])).standard_normal(BLOCK, dtype=np.float32)
+        lo, hi = max(start, block * BLOCK), min(start + count, (block + 1) * BLOCK)
+        chunk = torch.from_numpy(values[lo - block * BLOCK: hi - block * BLOCK])
+        out[lo - start: hi - start].copy_(chunk.mul_(std) if std != 1.0 else chunk)
+    return out
 
 
 def fill_normal_shard(param: torch.Tensor, key: int, std: float, dim: int, stride: int,
                       tp: int, rank: int) -> None:
     """Write into ``param`` (this TP rank's shard, split along ``dim``, ``stride`` blocks)
-    N(0, std) values of the whole tensor drawn from stream ``key``, generating only the shard."""
+    N(0, std) values of the whole tensor drawn from stream ``key``, generating only the shard.
+    A shard split along a later dimension (row-parallel weights) is staged in the canonical
+    order and copied in transposed: one parameter's shard of extra memory at most."""
     moved = param.movedim(dim, 0)  # a view: the partition dimension first, as in the canonical order
+    target = moved if moved.is_contiguous() and moved.dtype == torch.float32 else torch.empty(moved.shape, dtype=torch.float32)
+    flat = target.view(-1)
     part = moved.shape[0] // stride  # rows of one stride block this rank holds
-    row_values = math.prod(moved.shape[1:])
-    rows_per_chunk = max(1, CHUNK_VALUES // max(row_values, 1))
-    for block in range(stride):
-        first_row = (block * tp + rank) * part  # where the block's slice starts in the whole tensor
-        for r in range(0, part, rows_per_chunk):
-            n = min(rows_per_chunk, part - r)
-            values = normal_range(key, (first_row + r) * row_values, n * row_values)
-            values *= std
-            local = block * part + r
-            moved[local: local + n].copy_(torch.from_numpy(values).view(n, *moved.shape[1:]))
+    values = part * math.prod(moved.shape[1:])
+    for s in range(stride):
+        first = (s * tp + rank) * values  # where this block's slice starts in the whole tensor
+        normal_range(key, first, values, std, out=flat[s * values: (s + 1) * values])
+    if target is not moved:
+        moved.copy_(target)
 
 
 def mark_tensor_parallel(chunks: list[torch.nn.Module]) -> None:
