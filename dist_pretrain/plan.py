@@ -94,24 +94,35 @@ def model_state_bytes(psi: int, dp: int, stage: int, precision: str, ds: dict | 
 # --------------------------------------------------------------------------- activations
 
 
+def norm_bytes(cfg: Config) -> float:
+    """Bytes per token one norm saves besides its input: LayerNorm its mean and rstd; torch's
+    RMSNorm (megatron's fallback without Apex) its rstd and the normalised input before the
+    weight, plus a fp32 copy of the input under bf16 (measured)."""
+    e = 2 if cfg.train.precision == "bf16" else 4
+    if cfg.model.normalization == "rmsnorm":
+        return e + cfg.model.hidden_size * e + (4 * cfg.model.hidden_size if e == 2 else 0)
+    return 2 * e
+
+
 def layer_activation_bytes(cfg: Config, tp: int, micro_batch: int, seq: int) -> float:
     """Bytes one transformer layer saves for backward for one micro-batch on one TP rank:
-    16 sbh values for a plain GPT layer at TP1 (``memory.flash_no_dropout_layer_bytes``),
-    in general the norm inputs and the QKV / MLP inputs (whole on every TP rank), Q K V, the
-    attention output and the MLP's inner tensors (split over TP), the norms' statistics, the
-    fused attention's fp32 log-sum-exp; rotary embeddings add the rotated Q and K, dropout its
-    masks (and, for attention dropout, Korthikanti's unfused softmax terms)."""
+    16 sbh values for a plain GPT layer at TP1 (``memory.flash_no_dropout_layer_bytes``,
+    validated by ``benchmarks/activations.py``); in general the two norm inputs and the QKV and
+    fc1 inputs (whole on every TP rank) and, split over TP, Q K V (K and V expanded to every
+    head under GQA), the attention output and the MLP's inner tensors (2 ffn; 5 ffn gated);
+    the norms' statistics, the fused attention's fp32 log-sum-exp; rotary embeddings add the
+    rotated Q and K and their cos / sin tables, dropout its 1-byte masks (and, for attention
+    dropout, Korthikanti's unfused softmax terms). Checked per feature against saved tensors."""
     m = cfg.model
     e = 2 if cfg.train.precision == "bf16" else 4
     h, a = m.hidden_size, m.num_attention_heads
     kv = h * (m.num_query_groups or a) // a
     tokens = micro_batch * seq
     gated = m.activation in ("swiglu", "geglu")
-    whole = 4 * h + (2 if m.normalization == "rmsnorm" else 4)  # 2 norm inputs, QKV and fc1 inputs, stats
-    split = (h + 2 * kv) + h + (4 if gated else 2) * m.ffn
+    split = 3 * h + h + (5 if gated else 2) * m.ffn + (h + kv if m.position_embedding == "rope" else 0)
+    total = tokens * (e * (4 * h + split / tp) + 2 * norm_bytes(cfg)) + 4 * a * tokens / tp
     if m.position_embedding == "rope":
-        split += h + kv
-    total = tokens * e * (whole + split / tp) + 4 * a * tokens / tp
+        total += 4 * seq * (h // a) * e
     if m.hidden_dropout > 0:
         total += 2 * tokens * h  # two 1-byte masks
     if m.attention_dropout > 0:
@@ -130,8 +141,8 @@ def micro_batch_activations(cfg: Config, tp: int, layers: int, first: bool, last
     recompute = m.recompute != "none"
     stack = layers * (s * b * h * e if recompute else layer)
     outside = 0.0
-    if last:  # final norm input and stats, output-layer input, fp32 logits kept by the loss, labels
-        outside += 2 * s * b * h * e + 2 * s * b * e + 4 * s * b * vocab / tp + 16 * s * b
+    if last:  # final norm input and its own, output-layer input, fp32 logits kept by the loss, labels
+        outside += s * b * (2 * h * e + norm_bytes(cfg) + 4 * vocab / tp + 16)
     if first:  # token and position ids
         outside += 8 * s * b
     saved = stack + outside
