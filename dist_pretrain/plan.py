@@ -176,6 +176,7 @@ class Plan:
     world: int
     layout: Layout
     vocab: int
+    total_params: int  # the whole model's (one replica, unsharded)
     stage_params: list[int]
     stages: list[dict]  # per pipeline stage: params, states, activations, total
     worst: dict
@@ -211,7 +212,7 @@ def make_plan(cfg: Config, world: int, vocab: int, params_cache: dict | None = N
         stages.append({"stage": stage, "psi": psi, **states, "micro_batch": act, "in_flight": flight,
                        "activations": activations, "device": device})
     family = get_family(cfg.family)
-    return Plan(cfg, world, layout, padded, counts, stages, max(stages, key=lambda s: s["device"]),
+    return Plan(cfg, world, layout, padded, sum(p.numel for p in cache[key]), counts, stages, max(stages, key=lambda s: s["device"]),
                 family.flops_per_sample(cfg, padded) * cfg.train.global_batch_size,
                 family.tokens_per_sample(cfg) * cfg.train.global_batch_size, bubble_fraction(layout))
 
@@ -272,9 +273,9 @@ def advise(cfg: Config, world: int, vocab: int, memory_gib: float, cache: dict) 
 
 def report(plan: Plan, peak_tflops: float, memory_gib: float, mfu: float, gpu: str) -> str:
     lay, cfg, w = plan.layout, plan.cfg, plan.worst
-    gb = lambda x: f"{x / GiB:,.2f} GiB"  # noqa: E731
+    gb = lambda x: f"{x / GiB:,.2f} GiB" if x >= GiB else f"{x / 2**20:,.1f} MiB"  # noqa: E731
     vpp = f" x VPP {lay.vpp}" if lay.vpp else ""
-    lines = [f"plan: {cfg.family}, {sum(plan.stage_params) * lay.tp:,} parameters per replica "
+    lines = [f"plan: {cfg.family}, {plan.total_params:,} parameters "
              f"(padded vocab {plan.vocab:,}), world size {plan.world}: TP {lay.tp} x PP {lay.pp}{vpp} x DP {lay.dp}, "
              f"ZeRO-{cfg.parallel.zero_stage}, {cfg.train.precision}, micro-batch {cfg.train.micro_batch_size} x "
              f"{lay.micro_batches} per step, recompute {cfg.model.recompute}", "",
