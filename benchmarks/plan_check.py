@@ -28,6 +28,8 @@ CASES = {
     "bf16 ZeRO-1 PP2 untied": ("memory", "bf16", 1, ["parallel.pipeline=2", "model.tie_embeddings=false"]),
     "activations bf16 TP2 Llama-style": ("activations", "bf16", 1, ["parallel.tensor=2"] + LLAMA),
     "activations fp32 TP2 recompute": ("activations", "fp32", 1, ["parallel.tensor=2", "model.recompute=full"]),
+    "activations bf16 TP2 dropout 0.1": ("activations", "bf16", 1, ["parallel.tensor=2", "model.hidden_dropout=0.1",
+                                                                      "model.attention_dropout=0.1"]),
 }
 
 

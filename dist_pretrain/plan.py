@@ -111,8 +111,9 @@ def layer_activation_bytes(cfg: Config, tp: int, micro_batch: int, seq: int) -> 
     fc1 inputs (whole on every TP rank) and, split over TP, Q K V (K and V expanded to every
     head under GQA), the attention output and the MLP's inner tensors (2 ffn; 5 ffn gated);
     the norms' statistics, the fused attention's fp32 log-sum-exp; rotary embeddings add the
-    rotated Q and K and their cos / sin tables, dropout its 1-byte masks (and, for attention
-    dropout, Korthikanti's unfused softmax terms). Checked per feature against saved tensors."""
+    rotated Q and K and their cos / sin tables; hidden dropout two e-byte tensors per layer;
+    attention dropout makes SDPA take its unfused path, (14 + e/2) bytes per score. Each
+    feature was measured on its own against saved tensors (``benchmarks.activations``)."""
     m = cfg.model
     e = 2 if cfg.train.precision == "bf16" else 4
     h, a = m.hidden_size, m.num_attention_heads
@@ -123,10 +124,10 @@ def layer_activation_bytes(cfg: Config, tp: int, micro_batch: int, seq: int) -> 
     total = tokens * (e * (4 * h + split / tp) + 2 * norm_bytes(cfg)) + 4 * a * tokens / tp
     if m.position_embedding == "rope":
         total += 4 * seq * (h // a) * e
-    if m.hidden_dropout > 0:
-        total += 2 * tokens * h  # two 1-byte masks
-    if m.attention_dropout > 0:
-        total += (2 * e + 1) * a * seq * seq * micro_batch / tp
+    if m.hidden_dropout > 0:  # measured: two e-byte tensors per layer
+        total += 2 * tokens * h * e
+    if m.attention_dropout > 0:  # SDPA's unfused path: s x s scores, softmax, mask, output; no LSE (measured)
+        total += ((14 + e / 2) * a * seq * seq * micro_batch - 4 * a * tokens) / tp
     return total
 
 

@@ -2,7 +2,7 @@
 
 One torchrun launch trains two steps per layout (DP2 ZeRO-1 fp32, DP2 ZeRO-2 bf16, TP2 ZeRO-0,
 PP2) and counts the tensor storage of model states on each rank, and runs one micro-batch's
-forward (TP2 Llama-style bf16, TP2 with full recomputation) counting the storages saved for
+forward (TP2 Llama-style bf16, TP2 with full recomputation, TP2 with dropout) counting the storages saved for
 backward. The plan must give every rank's parameter count exactly, model-state bytes and the
 reduction bucket within 5%, activation bytes within 10%.
 """
