@@ -112,8 +112,8 @@ def export_baseline(rev: str) -> str:
 
 def table(results: dict, load: list[float]) -> str:
     gib = 2**30
-    lines = ["| code | model | TP | wall s / rank | CPU s / rank | CPU vs TP1 | rank's fp32 params | "
-             "peak RSS during build | peak / params | (peak - RSS before) / params |",
+    lines = [("| code | model | TP | wall s / rank | CPU s / rank | CPU vs TP1 | rank's fp32 params | "
+              "peak RSS during build | peak / params | (peak - RSS before) / params |"),
              "|---|---|---|---|---|---|---|---|---|---|"]
     for (code, model, tp), rows in results.items():
         worst = max(rows, key=lambda r: r["peak_rss"])

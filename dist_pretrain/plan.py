@@ -28,11 +28,15 @@ recomputation, TP, PP, offload, more GPUs), each checked by ``preflight`` at its
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import dataclass
 
-from dist_pretrain.config import Config, deepspeed_config, load_config, padded_vocab_size
+from dist_pretrain.config import (
+    Config,
+    deepspeed_config,
+    load_config,
+    padded_vocab_size,
+)
 from dist_pretrain.errors import ConfigError, UserError, report_user_error
 
 GiB = 2**30
@@ -272,14 +276,18 @@ def advise(cfg: Config, world: int, vocab: int, memory_gib: float, cache: dict) 
 # --------------------------------------------------------------------------- report / CLI
 
 
+def size_text(nbytes: float) -> str:
+    return f"{nbytes / GiB:,.2f} GiB" if nbytes >= GiB else f"{nbytes / 2**20:,.1f} MiB"
+
+
 def report(plan: Plan, peak_tflops: float, memory_gib: float, mfu: float, gpu: str) -> str:
     lay, cfg, w = plan.layout, plan.cfg, plan.worst
-    gb = lambda x: f"{x / GiB:,.2f} GiB" if x >= GiB else f"{x / 2**20:,.1f} MiB"  # noqa: E731
+    gb = size_text
     vpp = f" x VPP {lay.vpp}" if lay.vpp else ""
-    lines = [f"plan: {cfg.family}, {plan.total_params:,} parameters "
-             f"(padded vocab {plan.vocab:,}), world size {plan.world}: TP {lay.tp} x PP {lay.pp}{vpp} x DP {lay.dp}, "
-             f"ZeRO-{cfg.parallel.zero_stage}, {cfg.train.precision}, micro-batch {cfg.train.micro_batch_size} x "
-             f"{lay.micro_batches} per step, recompute {cfg.model.recompute}", "",
+    lines = [(f"plan: {cfg.family}, {plan.total_params:,} parameters "
+              f"(padded vocab {plan.vocab:,}), world size {plan.world}: TP {lay.tp} x PP {lay.pp}{vpp} x DP {lay.dp}, "
+              f"ZeRO-{cfg.parallel.zero_stage}, {cfg.train.precision}, micro-batch {cfg.train.micro_batch_size} x "
+              f"{lay.micro_batches} per step, recompute {cfg.model.recompute}"), "",
              "| per GPU | " + " | ".join(f"stage {s['stage']}" for s in plan.stages) + " |",
              "|---|" + "---|" * len(plan.stages)]
     rows = [("parameters", lambda s: f"{s['psi']:,}"), ("weights", lambda s: gb(s["params"])),
@@ -291,10 +299,10 @@ def report(plan: Plan, peak_tflops: float, memory_gib: float, mfu: float, gpu: s
             ("host (offload)", lambda s: gb(s["host"]))]
     for name, cell in rows:
         lines.append(f"| {name} | " + " | ".join(cell(s) for s in plan.stages) + " |")
-    lines += ["", f"activations per micro-batch, recompute none / full: "
-              f"{gb(_mb(plan, 'none'))} / {gb(_mb(plan, 'full'))} (stage {w['stage']})",
-              f"pipeline bubble: {100 * plan.bubble:.1f}% of the step ((p-1)/(v*m+p-1), "
-              f"p={lay.pp}, v={lay.vpp or 1}, m={lay.micro_batches})",
+    lines += ["", (f"activations per micro-batch, recompute none / full: "
+                   f"{gb(_mb(plan, 'none'))} / {gb(_mb(plan, 'full'))} (stage {w['stage']})"),
+              (f"pipeline bubble: {100 * plan.bubble:.1f}% of the step ((p-1)/(v*m+p-1), "
+               f"p={lay.pp}, v={lay.vpp or 1}, m={lay.micro_batches})"),
               f"FLOPs per step: {plan.flops_per_step:.3e} ({plan.tokens_per_step:,} tokens)"]
     step = step_seconds(plan, peak_tflops, mfu)
     lines.append(f"predicted step: {step:.3f} s, {plan.tokens_per_step / step:,.0f} tokens/s "
