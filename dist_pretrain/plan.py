@@ -305,7 +305,7 @@ def report(plan: Plan, peak_tflops: float, memory_gib: float, mfu: float, gpu: s
                f"p={lay.pp}, v={lay.vpp or 1}, m={lay.micro_batches})"),
               f"FLOPs per step: {plan.flops_per_step:.3e} ({plan.tokens_per_step:,} tokens)"]
     step = step_seconds(plan, peak_tflops, mfu)
-    lines.append(f"predicted step: {step:.3f} s, {plan.tokens_per_step / step:,.0f} tokens/s "
+    lines.append(f"predicted step: {step:.3g} s, {plan.tokens_per_step / step:,.0f} tokens/s "
                  f"at {100 * mfu:.0f}% MFU of {peak_tflops:g} TFLOP/s per GPU ({gpu})")
     need = w["device"]
     if need <= memory_gib * GiB:
@@ -361,7 +361,7 @@ def main(argv: list[str]) -> int:
         return 0
     advice = advise(cfg, args.world_size, found.vocab_size, memory, cache)
     hint = (f"try {advice[0]}: {advice[1].worst['device'] / GiB:,.2f} GiB per GPU, "
-            f"{step_seconds(advice[1], peak, args.mfu):.3f} s per step" if advice
+            f"{step_seconds(advice[1], peak, args.mfu):.3g} s per step" if advice
             else "no single change fits: use more GPUs with a larger TP x PP, or a smaller model")
     print(f"does not fit: {need / GiB:,.2f} GiB needed on stage {plan.worst['stage']}, {memory:g} GiB available; "
           f"{hint}", file=sys.stderr, flush=True)

@@ -40,6 +40,23 @@ def test_plan_matches_what_the_ranks_hold(rows, case):
             assert abs(want / got - 1) <= 0.10, r
 
 
+def test_schedule_and_offload_arithmetic():
+    """Megatron's schedules: 1F1B keeps p - stage micro-batches in flight, interleaving
+    2 (p - stage - 1) + (v - 1) p + 1 chunk-micro-batches; the bubble (p - 1) / (v m + p - 1).
+    Optimizer offload moves the fp32 partition, Adam moments and fp32 gradients to the host."""
+    from dist_pretrain.plan import Layout, bubble_fraction, in_flight, model_state_bytes
+
+    one_f_one_b, interleaved = Layout(1, 4, None, 1, 8), Layout(1, 2, 2, 1, 4)
+    assert [in_flight(one_f_one_b, s) for s in range(4)] == [4, 3, 2, 1]
+    assert in_flight(Layout(1, 4, None, 1, 2), 0) == 2  # fewer micro-batches than stages
+    assert [in_flight(interleaved, s) for s in range(2)] == [2.5, 1.5]
+    assert bubble_fraction(one_f_one_b) == 3 / 11 and bubble_fraction(interleaved) == 1 / 9
+    on, off = (model_state_bytes(1000, 2, 2, "bf16", offload_optimizer=o) for o in (False, True))
+    assert off["optimizer"] == 0 and off["host"] == on["optimizer"] + 4 * 500 and off["params"] == on["params"]
+    released = model_state_bytes(1000, 2, 3, "fp32", {"zero_optimization": {"stage3_max_live_parameters": 0}})
+    assert released["params"] == 4 * 500 and released["grads"] == 4 * 500
+
+
 def test_cli_says_what_does_not_fit_and_what_would():
     run = subprocess.run([sys.executable, "-m", "dist_pretrain", "plan", "configs/gpt/tiny.yaml", "--world-size", "2",
                           "--peak-tflops", "100", "--memory-gb", "16", "model.hidden_size=1024",
