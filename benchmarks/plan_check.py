@@ -25,7 +25,7 @@ CASES = {
     "fp32 ZeRO-1 DP2": ("memory", "fp32", 1, []),
     "bf16 ZeRO-2 DP2": ("memory", "bf16", 2, []),
     "fp32 ZeRO-0 TP2": ("memory", "fp32", 0, ["parallel.tensor=2"]),
-    "bf16 ZeRO-1 PP2 untied": ("memory", "bf16", 1, ["parallel.pipeline=2", "model.tie_embeddings=false"]),
+    "bf16 ZeRO-1 PP2 tied": ("memory", "bf16", 1, ["parallel.pipeline=2"]),
     "activations bf16 TP2 Llama-style": ("activations", "bf16", 1, ["parallel.tensor=2"] + LLAMA),
     "activations fp32 TP2 recompute": ("activations", "fp32", 1, ["parallel.tensor=2", "model.recompute=full"]),
     "activations bf16 TP2 dropout 0.1": ("activations", "bf16", 1, ["parallel.tensor=2", "model.hidden_dropout=0.1",

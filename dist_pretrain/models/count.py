@@ -72,6 +72,6 @@ def stage_parameters(params: list[Param], cfg: Config, tp: int, pp: int, vpp: in
             stages = [pp - 1]
         for s in stages:
             counts[s] += share
-        if p.name in tied.values() and p.name not in shared:  # the last stage's copy of a tied embedding
+        if p.name in tied.values() and cfg.family != "t5":  # the last stage's copy of a tied embedding
             counts[pp - 1] += share
     return counts
