@@ -76,7 +76,7 @@ def count_saved(trainer) -> dict:
     batch = next(iter(trainer._batches("train")))
     trainer.engine.train()
     with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda t: t):
-        output, loss_func = trainer.family.forward_step(iter([batch]), chunk)
+        output, loss_func = trainer.task.forward_step(iter([batch]), chunk)
         loss = loss_func(output)[0]
     del loss, output
     return dict(counter.bytes)
