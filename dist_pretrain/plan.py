@@ -18,7 +18,7 @@ Per GPU (the rank holding the most: the pipeline stage with the most parameters 
   (no dropout, fused SDPA: ``dist_pretrain.memory``), split over TP where megatron splits them,
   times the micro-batches in flight on the stage (1F1B: PP - stage; interleaved: megatron's
   warm-up count), and with full recomputation the layer inputs plus one layer recomputed.
-* the **pipeline bubble** (p - 1) / (v m + p - 1), **FLOPs per step** (the family's count, the
+* the **pipeline bubble** (p - 1) / (v m + p - 1), **FLOPs per step** (the architecture's count, the
   one the trainer's MFU uses), and a **step time** = FLOPs / (GPUs x peak x MFU) / (1 - bubble).
 
 A layout that does not fit gets the cheapest single change that does (ZeRO stage, micro-batch,
@@ -192,19 +192,19 @@ class Plan:
 
 def make_plan(cfg: Config, world: int, vocab: int, params_cache: dict | None = None) -> Plan:
     """The memory and time plan of ``cfg`` at ``world`` processes (``vocab``: the tokenizer's)."""
-    from dist_pretrain.families import get_family
+    from dist_pretrain.models.architecture import get_architecture
     from dist_pretrain.models.count import model_parameters, stage_parameters
 
     layout = layout_of(cfg, world)
     padded = padded_vocab_size(cfg, vocab)
     cache = params_cache if params_cache is not None else {}
-    key = (cfg.model.model_dump_json(), cfg.family, padded)
+    key = (cfg.model.model_dump_json(), padded)
     if key not in cache:
         cache[key] = model_parameters(cfg, padded)
     counts = stage_parameters(cache[key], cfg, layout.tp, layout.pp, layout.vpp)
     ds = deepspeed_config(cfg, layout.dp, layout.micro_batches) if cfg.parallel.zero_stage else {}
     per_stage_layers = cfg.model.num_layers // layout.pp
-    if cfg.family == "t5" and layout.pp == 1:
+    if cfg.model.arch == "t5" and layout.pp == 1:
         per_stage_layers = cfg.model.num_layers + (cfg.model.encoder_num_layers or cfg.model.num_layers)
     stages = []
     for stage, psi in enumerate(counts):
@@ -216,10 +216,10 @@ def make_plan(cfg: Config, world: int, vocab: int, params_cache: dict | None = N
         device = states["params"] + states["grads"] + states["optimizer"] + states["buckets"] + activations
         stages.append({"stage": stage, "psi": psi, **states, "micro_batch": act, "in_flight": flight,
                        "activations": activations, "device": device})
-    family = get_family(cfg.family)
+    arch = get_architecture(cfg.model.arch)
     return Plan(cfg, world, layout, padded, sum(p.numel for p in cache[key]), counts, stages, max(stages, key=lambda s: s["device"]),
-                family.flops_per_sample(cfg, padded) * cfg.train.global_batch_size,
-                family.tokens_per_sample(cfg) * cfg.train.global_batch_size, bubble_fraction(layout))
+                arch.flops_per_sample(cfg, padded) * cfg.train.global_batch_size,
+                arch.tokens_per_sample(cfg) * cfg.train.global_batch_size, bubble_fraction(layout))
 
 
 def step_seconds(plan: Plan, peak_tflops: float, mfu: float) -> float:
@@ -284,7 +284,7 @@ def report(plan: Plan, peak_tflops: float, memory_gib: float, mfu: float, gpu: s
     lay, cfg, w = plan.layout, plan.cfg, plan.worst
     gb = size_text
     vpp = f" x VPP {lay.vpp}" if lay.vpp else ""
-    lines = [(f"plan: {cfg.family}, {plan.total_params:,} parameters "
+    lines = [(f"plan: {cfg.model.arch}, {plan.total_params:,} parameters "
               f"(padded vocab {plan.vocab:,}), world size {plan.world}: TP {lay.tp} x PP {lay.pp}{vpp} x DP {lay.dp}, "
               f"ZeRO-{cfg.parallel.zero_stage}, {cfg.train.precision}, micro-batch {cfg.train.micro_batch_size} x "
               f"{lay.micro_batches} per step, recompute {cfg.model.recompute}"), "",

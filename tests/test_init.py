@@ -44,7 +44,7 @@ def test_tensor_parallel_attributes_match_megatrons_own(tmp_path):
     the same ``tensor_model_parallel`` / ``partition_dim`` / ``partition_stride`` on every
     parameter, gated ``linear_fc1`` (stride 2), row-parallel projections and untied output."""
     from dist_pretrain.config import load_config
-    from dist_pretrain.families import get_family
+    from dist_pretrain.models.architecture import get_architecture
     from dist_pretrain.models.load import init_single_process
     from dist_pretrain.models.megatron_config import transformer_config
     from dist_pretrain.train import build_model_chunks
@@ -57,7 +57,7 @@ def test_tensor_parallel_attributes_match_megatrons_own(tmp_path):
     for perform in (True, False):
         tconfig = transformer_config(cfg, on_gpu=False)
         tconfig.perform_initialization = perform
-        [chunk] = build_model_chunks(cfg, get_family(cfg.family), tconfig, 128)  # ours marks what is unmarked
+        [chunk] = build_model_chunks(cfg, get_architecture(cfg.model.arch), tconfig, 128)  # ours marks what is unmarked
         attrs[perform] = {n: (getattr(p, "tensor_model_parallel", False), getattr(p, "partition_dim", -1),
                               getattr(p, "partition_stride", 1)) for n, p in chunk.named_parameters()}
     assert attrs[False] == attrs[True]
