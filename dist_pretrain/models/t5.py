@@ -98,6 +98,9 @@ class T5:
     def tied_parameter_names(self, cfg: Config) -> dict[str, str]:
         return {"lm_head.output_layer.weight": "embedding.word_embeddings.weight"}
 
+    def head_parameter_names(self, cfg: Config) -> tuple[str, ...]:
+        return ()
+
     def tokens_per_sample(self, cfg: Config) -> int:
         return cfg.model.seq_length + decoder_length(cfg)
 
