@@ -78,6 +78,11 @@ class ModelConfig(_Section):
     def max_positions(self) -> int:
         return self.max_position_embeddings or self.seq_length
 
+    @property
+    def decoder_length(self) -> int:
+        """T5's target (decoder) length."""
+        return self.decoder_seq_length or max(2, self.seq_length // 4)
+
 
 class ParallelConfig(_Section):
     tensor: int = Field(1, ge=1)

@@ -25,6 +25,26 @@ from megatron.core import parallel_state
 from dist_pretrain.config import TASK_METRICS as METRICS
 
 
+def derived_config(cfg, report):
+    """``cfg`` with what the data decides: train.steps from train.epochs, the label names."""
+    train, task = cfg.train, cfg.task
+    if report.steps is not None and report.steps != train.steps:
+        train = train.model_copy(update={"steps": report.steps})
+    if report.labels is not None and task.labels is None:
+        task = task.model_copy(update={"labels": report.labels})
+    return cfg.model_copy(update={"train": train, "task": task})
+
+
+def freeze_all_but(chunks: list[torch.nn.Module], patterns: tuple[str, ...]) -> None:
+    """task.freeze_encoder: only the parameters matching ``patterns`` (the new head) train."""
+    import fnmatch
+
+    for chunk in chunks:
+        for name, p in chunk.named_parameters():
+            if not any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
+                p.requires_grad_(False)
+
+
 def best_metric(cfg) -> str:
     return cfg.task.best_metric or next(iter(METRICS[cfg.task.name]))
 

@@ -22,13 +22,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dist_pretrain.checkpoint_files import step_dirs, verify
-from dist_pretrain.config import DATA_FORMAT_OF_TASK, FINETUNE_TASKS, Config, config_problems, load_config
+from dist_pretrain.config import (
+    DATA_FORMAT_OF_TASK,
+    FINETUNE_TASKS,
+    Config,
+    config_problems,
+    load_config,
+)
 from dist_pretrain.data.manifest import (
     DataError,
     eval_steps_for,
@@ -37,7 +44,12 @@ from dist_pretrain.data.manifest import (
     shard_problems,
     split_shards,
 )
-from dist_pretrain.errors import EXIT_USER_ERROR, ConfigError, UserError, report_user_error
+from dist_pretrain.errors import (
+    EXIT_USER_ERROR,
+    ConfigError,
+    UserError,
+    report_user_error,
+)
 
 # model keys whose change makes a checkpoint's tensors the wrong shape
 SHAPE_KEYS = ["num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "encoder_num_layers",
@@ -131,9 +143,6 @@ def _check_data(cfg: Config, report: Report) -> None:
 def _check_labelled_data(cfg: Config, report: Report) -> None:
     """Fine-tuning data: one labelled dataset (``preprocess --format classification|seq2seq``)
     whose examples fit the model; train.epochs becomes steps; labels come from it."""
-    from dist_pretrain.data.epochs import steps_per_epoch
-    from dist_pretrain.models.t5 import decoder_length
-
     task, tr = cfg.task.name, cfg.train
     if cfg.data.synthetic or cfg.data.blend:
         report.errors.append(f"task.name={task} reads one labelled dataset: set data.path=DIR from `dist-pretrain "
@@ -151,9 +160,9 @@ def _check_labelled_data(cfg: Config, report: Report) -> None:
         report.errors.append(f"data.path={cfg.data.path} was preprocessed with --seq-len {manifest['seq_len']}, "
                              f"longer than model.seq_length={cfg.model.seq_length}; set model.seq_length >= "
                              f"{manifest['seq_len']} or preprocess again")
-    if task == "text_to_text" and manifest["target_len"] > decoder_length(cfg):
+    if task == "text_to_text" and manifest["target_len"] > cfg.model.decoder_length:
         report.errors.append(f"data.path={cfg.data.path} has --target-len {manifest['target_len']}, longer than "
-                             f"model.decoder_seq_length={decoder_length(cfg)}; raise model.decoder_seq_length")
+                             f"model.decoder_seq_length={cfg.model.decoder_length}; raise model.decoder_seq_length")
     if task == "classification":
         report.labels = list(manifest["labels"])
         if cfg.task.labels is not None and list(cfg.task.labels) != report.labels:
@@ -165,12 +174,12 @@ def _check_labelled_data(cfg: Config, report: Report) -> None:
                              "records left by --val-fraction / --test-fraction)")
         return
     if tr.epochs:
-        report.steps = tr.epochs * steps_per_epoch(splits["train"], tr.global_batch_size)
+        report.steps = tr.epochs * math.ceil(splits["train"] / tr.global_batch_size)  # data/epochs.py
     if tr.eval_interval and splits["valid"] == 0:
         report.errors.append(f"train.eval_interval={tr.eval_interval} needs a validation split, and "
                              f"data.path={cfg.data.path} has none: preprocess with --val-fraction or a file "
                              "named *validation*, or set train.eval_interval=0")
-    report.eval_steps = steps_per_epoch(splits["valid"], tr.global_batch_size) if splits["valid"] else 0
+    report.eval_steps = math.ceil(splits["valid"] / tr.global_batch_size)
     report.eval_note = (f"validation: all {splits['valid']} examples of {cfg.data.path}; test: {splits['test']}"
                         if splits["valid"] else "")
 
@@ -290,9 +299,12 @@ def _summary(cfg: Config, world_size: int, report: Report) -> str:
     data = "synthetic" if cfg.data.synthetic else ", ".join(p for p, _ in cfg.data.sources())
     evals = (f"{report.eval_steps} x {tr.global_batch_size} validation samples every {tr.eval_interval} steps"
              if tr.eval_interval else "no validation")
+    if cfg.task.name in FINETUNE_TASKS and tr.eval_interval:
+        evals = f"{report.eval_note} every {tr.eval_interval} steps and at each epoch end"
+    epochs = f" ({tr.epochs} epochs)" if tr.epochs else ""
     return (f"ok: {cfg.model.arch} {cfg.task.name} at world size {world_size}: TP {par.tensor} x PP {par.pipeline} "
             f"x DP {dp}, "
-            f"ZeRO-{par.zero_stage}, {tr.steps} steps of {tr.global_batch_size} samples; data {data}; {evals}; "
+            f"ZeRO-{par.zero_stage}, {report.steps} steps{epochs} of {tr.global_batch_size} samples; data {data}; {evals}; "
             f"run_dir {cfg.run_dir}")
 
 

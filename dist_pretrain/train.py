@@ -37,7 +37,7 @@ from dist_pretrain.faults import (
     fault_nan_steps,
     poisoned,
 )
-from dist_pretrain.finetune import Selection
+from dist_pretrain.finetune import Selection, derived_config, freeze_all_but
 from dist_pretrain.models.architecture import get_architecture
 from dist_pretrain.models.init import init_layout_independent
 from dist_pretrain.models.megatron_config import transformer_config
@@ -108,26 +108,6 @@ def mark_stage_shared(chunks: list[torch.nn.Module], names: set[str]) -> None:
                 p.stage_shared = True
                 if not first_stage:
                     p.shared = True
-
-
-def derived_config(cfg: Config, report) -> Config:
-    """``cfg`` with what the data decides: train.steps from train.epochs, the label names."""
-    train, task = cfg.train, cfg.task
-    if report.steps is not None and report.steps != train.steps:
-        train = train.model_copy(update={"steps": report.steps})
-    if report.labels is not None and task.labels is None:
-        task = task.model_copy(update={"labels": report.labels})
-    return cfg.model_copy(update={"train": train, "task": task})
-
-
-def freeze_all_but(chunks: list[torch.nn.Module], patterns: tuple[str, ...]) -> None:
-    """task.freeze_encoder: only the parameters matching ``patterns`` (the new head) train."""
-    import fnmatch
-
-    for chunk in chunks:
-        for name, p in chunk.named_parameters():
-            if not any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
-                p.requires_grad_(False)
 
 
 def build_engine(cfg: Config, rt: Runtime, chunks, tconfig, num_microbatches: int, head: tuple[str, ...] = ()):

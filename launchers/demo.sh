@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo: launchers/demo.sh [gpt|bert|t5] [key.sub=value ...]
+# The demo: launchers/demo.sh [gpt|bert|t5|bert-sentiment] [key.sub=value ...]
 # Builds the real-English demo corpus (Wikipedia articles in C4 layout) and the family's
 # shards if missing, then pretrains the small model of configs/<family>/demo.yaml on two
 # processes: GPT with TP=2 (GPT-2 BPE, packed sequences), BERT with TP=2 (WordPiece,
@@ -9,9 +9,20 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 py=".venv/bin/python"; [ -x "$py" ] || py=python3
 family=gpt
-case "${1:-}" in gpt|bert|t5) family="$1"; shift ;; esac
+case "${1:-}" in gpt|bert|t5|bert-sentiment) family="$1"; shift ;; esac
 dp=("$py" -m dist_pretrain)
 [ -f data/demo/c4/en/c4-validation.00000-of-00001.json.gz ] || "${dp[@]}" demo-corpus --output data/demo
+if [ "$family" = bert-sentiment ]; then
+  # Fine-tuning: the BERT of configs/bert/demo.yaml (pretrained here first if runs/bert-demo has no
+  # checkpoint) and the same BERT from scratch, on Pang & Lee's polarity sentences; then the table.
+  [ -f runs/bert-demo/checkpoints/latest ] || "$0" bert
+  data=data/demo/sentiment-sentences64
+  [ -f data/demo/finetune/sentiment/sentences.jsonl ] || "${dp[@]}" finetune-data --what sentiment \
+    --output data/demo/finetune
+  [ -f "$data/manifest.json" ] || "${dp[@]}" preprocess --format classification --tokenizer bert --seq-len 64 \
+    --input data/demo/finetune/sentiment/sentences.jsonl --val-fraction 0.1 --test-fraction 0.1 --output "$data"
+  exec "$py" -m benchmarks.finetune_compare configs/bert/sentiment.yaml "$@" --seeds 1234
+fi
 inputs=(--input 'data/demo/c4/en/*.json.gz')
 case "$family" in
   gpt)

@@ -51,7 +51,7 @@ def _uneven(config: TransformerConfig, num_layers: int, first: int, last: int) -
 
 
 def decoder_length(cfg: Config) -> int:
-    return cfg.model.decoder_seq_length or max(2, cfg.model.seq_length // 4)
+    return cfg.model.decoder_length
 
 
 def key_padding_mask(real: torch.Tensor) -> torch.Tensor:
