@@ -36,9 +36,7 @@ import numpy as np
 import torch
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
-from torch.distributed.checkpoint.api import (
-    CheckpointException as TorchCheckpointException,  # a BaseException
-)
+from torch.distributed.checkpoint.api import CheckpointException as TorchCheckpointException  # a BaseException
 
 from dist_pretrain.checkpoint_files import (  # noqa: F401 - CheckpointError, verify... are part of this API
     CheckpointError,
@@ -48,11 +46,7 @@ from dist_pretrain.checkpoint_files import (  # noqa: F401 - CheckpointError, ve
     verify,
 )
 from dist_pretrain.checkpoint_shards import parameter_shape, parameter_shards
-from dist_pretrain.faults import (
-    fault_lost_checkpoint_steps,
-    fault_slow_save_seconds,
-    slowed,
-)
+from dist_pretrain.faults import fault_lost_checkpoint_steps, fault_slow_save_seconds, slowed
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 

@@ -47,8 +47,8 @@ def _train(argv: list[str]) -> int:
 
             shutdown()
         return code
-    from dist_pretrain.faults import StopTraining, TrainingAborted, record_stop
     from dist_pretrain.runtime import shutdown
+    from dist_pretrain.faults import StopTraining, TrainingAborted, record_stop
 
     try:
         trainer.fit()

@@ -49,7 +49,6 @@ from megatron.core import parallel_state
 
 from dist_pretrain.optim_state import adam_step_tensor
 
-
 class MegatronMPU:
     """The ``mpu`` interface DeepSpeed expects, backed by megatron-core's parallel_state."""
 
@@ -229,10 +228,7 @@ class ZeroEngine:
     def master_state(self, p: torch.nn.Parameter) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
         """fp32 master value and AdamW moments of ``p`` (ZeRO partitions gathered over DP;
         moments are None before the first step)."""
-        from deepspeed.utils import (
-            safe_get_full_fp32_param,
-            safe_get_full_optimizer_state,
-        )
+        from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
         adam = self.engine.optimizer.optimizer
         if self.zero3:  # AdamW state is lazy: a flat group without state has no moments yet
@@ -248,10 +244,7 @@ class ZeroEngine:
 
     def load_master_state(self, values: list[tuple[torch.nn.Parameter, torch.Tensor, dict]], step: int) -> None:
         """Set master values and AdamW moments (and the model copy) of the given parameters."""
-        from deepspeed.utils import (
-            safe_set_full_fp32_param,
-            safe_set_full_optimizer_state,
-        )
+        from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
 
         adam = self.engine.optimizer.optimizer  # the torch AdamW inside DeepSpeed's ZeRO optimizer
         for flat in self._fp32_flats():  # AdamW state is lazy

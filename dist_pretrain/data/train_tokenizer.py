@@ -93,16 +93,8 @@ def _parse_size(s: str) -> int:
 
 def train_hf(kind: str, reader: _Reader, vocab_size: int, sentinels: list[str],
              min_frequency: int, out_dir: str) -> str:
-    from tokenizers import (
-        Regex,
-        Tokenizer,
-        decoders,
-        models,
-        normalizers,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
+    from tokenizers import (Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers,
+                            processors, trainers)
 
     specials = SPECIALS[kind] + sentinels
     common = dict(vocab_size=vocab_size, special_tokens=specials, show_progress=False)

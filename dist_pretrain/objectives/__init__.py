@@ -14,21 +14,10 @@ Pure numpy. Every random choice is drawn from a
 seed, global sample position): an example never depends on the parallel layout, and the
 global RNGs are never touched.
 """
-from .mlm import (
-                  MLMConfig,
-                  bert_example,
-                  mask_tokens,
-                  truncate_seq_pair,
-                  wordpiece_continuation_mask,
-)
-from .span_corruption import (
-                  SpanConfig,
-                  corrupt,
-                  random_spans_noise_mask,
-                  t5_example,
-                  t5_lengths,
-                  t5_raw_length,
-)
+from .mlm import (MLMConfig, bert_example, mask_tokens, truncate_seq_pair,
+                  wordpiece_continuation_mask)
+from .span_corruption import (SpanConfig, corrupt, random_spans_noise_mask,
+                              t5_example, t5_lengths, t5_raw_length)
 
 __all__ = [
     "MLMConfig", "bert_example", "mask_tokens", "truncate_seq_pair",
