@@ -98,21 +98,52 @@ class Evaluator:
         examples, records = split_examples(self.cfg.data.path, split)
         steps = steps_per_epoch(len(examples), self.cfg.train.global_batch_size)
         t.engine.train(False)
-        t.task.collected = []
         try:
             data = to_device(t._batches(split), t.rt.device)
-            for _ in range(steps):
-                t._run_schedule(t._fetch(data, f"{split} data"), forward_only=True)
-            mine = t.task.collected if _holds_outputs(t.rt) else []
+            if self.cfg.task.name == "classification":
+                return classification_scores(records, self._logits(data, steps), list(self.cfg.task.labels))
+            from dist_pretrain.tasks.text_to_text import text_scores
+
+            return text_scores(records, self._generate(data, steps), t.task.tokenizer(self.cfg))
         finally:
             t.task.collected = None
             t.engine.train(True)
-        outputs = dict(_gather(mine))
-        if self.cfg.task.name == "classification":
-            return classification_scores(records, outputs, list(self.cfg.task.labels))
-        from dist_pretrain.tasks.text_to_text import text_scores
 
-        return text_scores(records, outputs, t.task.tokenizer(self.cfg))
+    def _logits(self, data, steps: int) -> dict[int, torch.Tensor]:
+        t = self.trainer
+        t.task.collected = []
+        for _ in range(steps):
+            t._run_schedule(t._fetch(data, "evaluation data"), forward_only=True)
+        return dict(_gather(t.task.collected if _holds_outputs(t.rt) else []))
+
+    def _generate(self, data, steps: int) -> dict[int, list[int]]:
+        """Greedy generation of every example, a global batch at a time (see tasks/text_to_text.py)."""
+        t, cfg = self.trainer, self.cfg
+        eos, pad = (t.task.tokenizer(cfg).special_ids[k] for k in ("eos", "pad"))
+        length = min(cfg.task.max_new_tokens or cfg.model.decoder_length, cfg.model.decoder_length)
+        out: dict[int, list[int]] = {}
+        for _ in range(steps):
+            micro = [next(data) for _ in range(t.num_microbatches)]
+            for mb in micro:
+                mb["dec_input"].fill_(pad)
+                mb["dec_mask"].fill_(1)
+            try:
+                for position in range(length):
+                    t.task.position, t.task.collected = position, []
+                    t._run_schedule(iter(micro), forward_only=True)
+                    new = dict(_gather(t.task.collected if _holds_outputs(t.rt) else []))
+                    for index, token in new.items():
+                        out.setdefault(index, []).append(token)
+                    if position + 1 < length:
+                        for mb in micro:
+                            for row, index in enumerate(mb["index"].tolist()):
+                                if index in new:
+                                    mb["dec_input"][row, position + 1] = new[index]
+                    if all(eos in out[i] for i in new):  # the same on every rank: gathered
+                        break
+            finally:
+                t.task.position = None
+        return {i: tokens[:tokens.index(eos)] if eos in tokens else tokens for i, tokens in out.items()}
 
 
 class Selection:

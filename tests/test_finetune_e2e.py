@@ -53,7 +53,8 @@ def runs(tmp_path_factory):
                     "0.2", "--test-fraction", "0.2", "--output", str(root / "data"), "--quiet"], check=True)
     _train(1, root / "pretrained", "train.steps=2", "train.eval_interval=0", "data.synthetic=true",
            "model.vocab_size=30522")
-    common = [f"data.path={root / 'data'}", f"checkpoint.init_from={root / 'pretrained'}", *FINETUNE]
+    common = ["data.synthetic=false", f"data.path={root / 'data'}", f"checkpoint.init_from={root / 'pretrained'}",
+              *FINETUNE]
     ref = _train(1, root / "ref", *common)
     tp2 = _train(2, root / "tp2", *common, "parallel.tensor=2")
     middle = root / "ref" / "checkpoints" / "step-00000003"
