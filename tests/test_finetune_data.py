@@ -122,3 +122,29 @@ def test_epochs_visit_every_example_once_at_any_dp_size_and_resume_mid_epoch():
     assert resumed == one[4:6]                                     # mid-epoch, to the sample
     steps, batches = evaluation_batches(examples, g, micro, 0, 1, 5, transform)
     assert steps == 3 and [i for b in batches for i, w in zip(b["index"], b["weight"]) if w > 0] == list(range(21))
+
+
+def test_seq2seq_pairs_from_wordnet_preprocess_and_examples(tmp_path):
+    from dist_pretrain.data.text2text_corpus import define_pairs
+    from dist_pretrain.tasks.text_to_text import text_to_text_example
+
+    pairs = define_pairs(limit=40)
+    assert len(pairs) == 40 and all(p["input"].startswith("define: ") and p["target"] for p in pairs)
+    assert {"input": "define: entity", "target": "that which is perceived or known or inferred to have its own "
+            "distinct existence (living or nonliving)"} in pairs
+    finetune_corpus.write_jsonl(str(tmp_path / "define.jsonl"), pairs)
+    manifest = preprocess(["--format", "seq2seq", "--input", str(tmp_path / "define.jsonl"), "--tokenizer", "gpt2",
+                           "--seq-len", "8", "--target-len", "6", "--val-fraction", "0.25",
+                           "--output", str(tmp_path / "out"), "--quiet"])
+    assert manifest["target_len"] == 6 and manifest["labels"] is None
+    assert manifest["splits"]["train"]["samples"] + manifest["splits"]["valid"]["samples"] == 40
+    examples, records = read_split(str(tmp_path / "out"), "train")
+    tok = load_tokenizer("gpt2")
+    ex, rec = examples[0], records[0]
+    assert len(ex["input"]) <= 7 and len(ex["target"]) <= 5
+    assert rec["target"].startswith(tok.decode(ex["target"].tolist()))
+    built = text_to_text_example(ex, None, enc_len=8, dec_len=6, specials={"pad": 0, "eos": 9})
+    n = len(ex["target"]) + 1
+    assert built["labels"][:n].tolist() == ex["target"].tolist() + [9]         # target, then EOS
+    assert built["dec_input"][:n].tolist() == [0] + ex["target"].tolist()     # decoder start = pad
+    assert built["loss_mask"].sum() == n and built["enc_tokens"][len(ex["input"])] == 9
