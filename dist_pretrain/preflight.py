@@ -29,13 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dist_pretrain.checkpoint_files import step_dirs, verify
-from dist_pretrain.config import (
-    DATA_FORMAT_OF_TASK,
-    FINETUNE_TASKS,
-    Config,
-    config_problems,
-    load_config,
-)
+from dist_pretrain.config import DATA_FORMAT_OF_TASK, FINETUNE_TASKS, Config, config_problems, load_config
 from dist_pretrain.data.manifest import (
     DataError,
     eval_steps_for,
@@ -44,12 +38,7 @@ from dist_pretrain.data.manifest import (
     shard_problems,
     split_shards,
 )
-from dist_pretrain.errors import (
-    EXIT_USER_ERROR,
-    ConfigError,
-    UserError,
-    report_user_error,
-)
+from dist_pretrain.errors import EXIT_USER_ERROR, ConfigError, UserError, report_user_error
 
 # model keys whose change makes a checkpoint's tensors the wrong shape
 SHAPE_KEYS = ["num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "encoder_num_layers",

@@ -23,12 +23,7 @@ from megatron.core.transformer.module import Float16Module
 from megatron.core.utils import get_model_config
 
 from dist_pretrain import versions
-from dist_pretrain.config import (
-    FINETUNE_TASKS,
-    Config,
-    deepspeed_config,
-    padded_vocab_size,
-)
+from dist_pretrain.config import FINETUNE_TASKS, Config, deepspeed_config, padded_vocab_size
 from dist_pretrain.errors import agree
 from dist_pretrain.faults import (
     StopSignals,

@@ -10,10 +10,7 @@ import copy
 import torch
 from megatron.core import parallel_state
 from megatron.core.models.T5.t5_model import T5Model
-from megatron.core.models.T5.t5_spec import (
-    decoder_model_with_local_spec,
-    encoder_model_with_local_spec,
-)
+from megatron.core.models.T5.t5_spec import decoder_model_with_local_spec, encoder_model_with_local_spec
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
 
