@@ -139,6 +139,11 @@ def _check_labelled_data(cfg: Config, report: Report) -> None:
         return
     if not cfg.data.path:
         return  # config_problems says so
+    if not os.path.isdir(cfg.data.path):
+        report.errors.append(f"data.path={cfg.data.path} does not exist; create it with: dist-pretrain preprocess "
+                             f"--format {DATA_FORMAT_OF_TASK[task]} --input FILES --tokenizer T --seq-len "
+                             f"{cfg.model.seq_length} --output {cfg.data.path}")
+        return
     manifest = _manifest(cfg.data.path, report)
     if manifest is None:
         return
