@@ -88,8 +88,14 @@ def pretraining_budget(init_from: str | None) -> str:
     meta = checkpoint_meta(directory)
     cfg = meta["config"]
     tokens = meta["step"] * cfg["train"]["global_batch_size"] * cfg["model"]["seq_length"]
+    at = ""
+    history = _history(directory.parent.parent)
+    rows = [r for r in history if r["step"] == meta["step"]]
+    if rows:  # how far pretraining got: its own training metrics at that step
+        at = "; at that step " + ", ".join(f"{k.removeprefix('train/')} {v:.3f}" for k, v in rows[0].items()
+                                           if k in ("train/loss", "train/mlm_accuracy", "train/span_accuracy"))
     return (f"{directory}: {meta['step']} steps x {cfg['train']['global_batch_size']} sequences x "
-            f"{cfg['model']['seq_length']} tokens = {tokens:,} tokens")
+            f"{cfg['model']['seq_length']} tokens = {tokens:,} tokens{at}")
 
 
 def main(argv=None) -> int:
