@@ -297,9 +297,8 @@ def _summary(cfg: Config, world_size: int, report: Report) -> str:
         evals = f"{report.eval_note} every {tr.eval_interval} steps and at each epoch end"
     epochs = f" ({tr.epochs} epochs)" if tr.epochs else ""
     return (f"ok: {cfg.model.arch} {cfg.task.name} at world size {world_size}: TP {par.tensor} x PP {par.pipeline} "
-            f"x DP {dp}, "
-            f"ZeRO-{par.zero_stage}, {report.steps} steps{epochs} of {tr.global_batch_size} samples; data {data}; {evals}; "
-            f"run_dir {cfg.run_dir}")
+            f"x DP {dp}, ZeRO-{par.zero_stage}, {report.steps} steps{epochs} of {tr.global_batch_size} samples; "
+            f"data {data}; {evals}; run_dir {cfg.run_dir}")
 
 
 def _value(cfg: Config, dotted: str):

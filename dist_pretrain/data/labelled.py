@@ -1,7 +1,8 @@
 """Labelled examples for fine-tuning: JSONL / CSV / TSV -> tokenized WebDataset shards.
 
-``dist-pretrain preprocess --format classification --input 'sst/*.jsonl' --tokenizer bert --seq-len 128 --output DIR``
-``dist-pretrain preprocess --format seq2seq --input 'pairs/*.jsonl' --tokenizer spiece.model --seq-len 256 --target-len 64 --output DIR``
+``dist-pretrain preprocess --format classification --input 'sst/*.jsonl' --tokenizer bert --seq-len 128
+--output DIR``; ``dist-pretrain preprocess --format seq2seq --input 'pairs/*.jsonl' --tokenizer
+spiece.model --seq-len 256 --target-len 64 --output DIR``
 
 **Records.** ``.jsonl`` / ``.json`` (one object per line) and ``.csv`` / ``.tsv`` (a
 header row, or ``--csv-columns label,text`` for files without one), optionally gzip'd.

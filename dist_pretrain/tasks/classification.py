@@ -35,7 +35,8 @@ def classification_example(fields: dict, rng: np.random.Generator, *, seq_len: i
     if len(ids) > seq_len:
         raise ValueError(f"an example of {len(ids)} tokens does not fit model.seq_length={seq_len}")
     n = len(ids)
-    return {"tokens": np.pad(ids, (0, seq_len - n), constant_values=pad), "token_types": np.pad(types, (0, seq_len - n)),
+    return {"tokens": np.pad(ids, (0, seq_len - n), constant_values=pad),
+            "token_types": np.pad(types, (0, seq_len - n)),
             "padding_mask": np.pad(np.ones(n, np.int64), (0, seq_len - n)), "label": np.int64(fields["label"][0])}
 
 
