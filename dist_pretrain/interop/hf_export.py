@@ -156,8 +156,9 @@ def export_model(cfg: Config, chunks: list[torch.nn.Module], output: Path, meta:
         raise ExportError(f"tokenizer {tokenizer[0].name} has {tokenizer[0].vocab_size} tokens, the model only "
                           f"{vocab}")
     auto = getattr(transformers, arch.auto_class)
-    if cfg.family == "t5":  # its pad / EOS / decoder-start ids come from the tokenizer
-        special = tokenizer[0].special_ids if tokenizer is not None else None
+    if cfg.family == "t5":  # pad / EOS / decoder-start ids: those of an imported model, else the tokenizer's
+        imported = {k: v for k, v in (meta or {}).get("hf", {}).get("special_ids", {}).items() if v is not None}
+        special = imported or (tokenizer[0].special_ids if tokenizer is not None else None)
         hf_config = arch.hf_config(cfg, vocab, special)
     else:
         hf_config = arch.hf_config(cfg, vocab)

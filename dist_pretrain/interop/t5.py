@@ -82,7 +82,7 @@ def _layers(cfg: Config) -> dict[str, int]:
 def hf_config(cfg: Config, vocab: int, special_ids: dict | None = None):
     from transformers import T5Config
 
-    m, ids = cfg.model, special_ids or {"pad": 0, "eos": 1}
+    m, ids = cfg.model, {"pad": 0, "eos": 1, **(special_ids or {})}
     layers = _layers(cfg)
     return T5Config(
         vocab_size=vocab, d_model=m.hidden_size, d_kv=m.hidden_size // m.num_attention_heads, d_ff=m.ffn,
@@ -91,7 +91,7 @@ def hf_config(cfg: Config, vocab: int, special_ids: dict | None = None):
         relative_attention_max_distance=m.relative_attention_max_distance, dropout_rate=m.hidden_dropout,
         layer_norm_epsilon=m.layernorm_epsilon, feed_forward_proj=ACTIVATIONS[m.activation],
         tie_word_embeddings=False, pad_token_id=ids["pad"], eos_token_id=ids["eos"],
-        decoder_start_token_id=ids["pad"],  # as our span corruption's decoder input starts
+        decoder_start_token_id=ids.get("decoder_start", ids["pad"]),  # our span corruption starts with pad
     )
 
 
