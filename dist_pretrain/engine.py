@@ -48,7 +48,12 @@ import torch
 from megatron.core import parallel_state
 
 from dist_pretrain.optim_state import adam_step_tensor
-from dist_pretrain.zero_memory import alias_fp32_master, split_param_groups, use_compact_gradient_partitions
+from dist_pretrain.zero_memory import (
+    alias_fp32_master,
+    split_param_groups,
+    use_compact_gradient_partitions,
+    zero3_defaults,
+)
 
 class MegatronMPU:
     """The ``mpu`` interface DeepSpeed expects, backed by megatron-core's parallel_state."""
@@ -138,6 +143,9 @@ class ZeroEngine:
         stage = ds_config["zero_optimization"]["stage"]
         if train_cfg.precision == "bf16" and stage in (1, 2):  # a small transient fp32 gradient (zero_memory.py)
             groups = split_param_groups(groups)
+        if stage == 3:  # sized by the model where the user's JSON is silent (zero_memory.py)
+            defaults = zero3_defaults(chunks, parallel_state.get_data_parallel_world_size())
+            ds_config = {**ds_config, "zero_optimization": {**defaults, **ds_config["zero_optimization"]}}
         optimizer = torch.optim.AdamW(
             groups,
             lr=train_cfg.lr,
@@ -148,9 +156,10 @@ class ZeroEngine:
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=_Chunks(chunks), optimizer=optimizer, config=ds_config, mpu=MegatronMPU()
         )
-        if stage in (1, 2):  # hold the bytes the ZeRO paper promises (zero_memory.py)
+        # hold the bytes the ZeRO paper promises (zero_memory.py)
+        if stage in (1, 2):
             use_compact_gradient_partitions(self.engine.optimizer)
-            alias_fp32_master(self.engine.optimizer)
+        alias_fp32_master(self.engine.optimizer)
         self._backwards_this_step = 0
         self._wrap_backward_prologue()
         self.model_chunks = [EngineChunk(self.engine, i) for i in range(self.num_chunks)]

@@ -25,6 +25,17 @@ accumulation boundaries ``engine.py`` sets were not the cause. Three DeepSpeed c
    gradient exists next to the bf16 partitions still waiting. ZeRO-3 has the same idea
    built in (``sub_group_size``).
 
+ZeRO-3 (``stage3.py``) keeps reduced gradients in one flat partition buffer already, but:
+
+4. **It clones fp32 weights into an fp32 master too**: it means to alias them when the
+   dtypes and devices agree, but compares ``tensor.device == self.device`` where
+   ``self.device`` is a string (``'cpu'``, ``'cuda:0'``), which is never equal to a
+   ``torch.device``. ``alias_fp32_master`` aliases them (2.00 bytes/param in fp32).
+5. **The step flattens each sub-group's gradient views into a new fp32 tensor**
+   (``_prepare_fp32_grad_for_sub_group``); with DeepSpeed's default ``sub_group_size`` (1e9)
+   one sub-group is the whole model, so that copy is another full gradient partition.
+   ``zero3_sub_group_size`` sizes sub-groups to ~1/8 of the rank's partition instead.
+
 Each function touches DeepSpeed internals listed in ``dist_pretrain.versions.INTERNALS``.
 """
 
@@ -90,16 +101,50 @@ def alias_fp32_master(zero_optimizer) -> bool:
     parameter-to-fragment links are rebuilt on the new storage. Returns whether it applied.
     """
     opt = zero_optimizer
-    if opt.cpu_offload or not hasattr(opt, "single_partition_of_fp32_groups"):
+    if hasattr(opt, "fp32_partitioned_groups_flat"):  # ZeRO-3
+        if opt.offload_optimizer:
+            return False
+        pairs = list(zip(opt.fp32_partitioned_groups_flat, opt.fp16_partitioned_groups_flat))
+    elif hasattr(opt, "single_partition_of_fp32_groups"):
+        if opt.cpu_offload:
+            return False
+        pairs = [(master, opt.parallel_partitioned_bit16_groups[i][
+            torch.distributed.get_rank(group=opt.real_dp_process_group[i])])
+            for i, master in enumerate(opt.single_partition_of_fp32_groups)]
+    else:
         return False
     applied = False
-    for i, master in enumerate(opt.single_partition_of_fp32_groups):
-        rank = torch.distributed.get_rank(group=opt.real_dp_process_group[i])
-        weights = opt.parallel_partitioned_bit16_groups[i][rank]
-        if weights.dtype != master.dtype or weights.device != master.device or weights.shape != master.shape:
+    for master, weights in pairs:
+        if weights is None or weights.dtype != master.dtype or weights.device != master.device \
+                or weights.shape != master.shape or weights.data_ptr() == master.data_ptr():
             continue
         master.data = weights.data
         applied = True
-    if applied:
-        opt._link_all_hp_params()
+    if applied and hasattr(opt, "single_partition_of_fp32_groups"):
+        opt._link_all_hp_params()  # ZeRO-1/2's per-parameter views of the master partition
     return applied
+
+
+def zero3_defaults(chunks: list[torch.nn.Module], dp_size: int, parts: int = SUB_GROUPS) -> dict:
+    """ZeRO-3 settings sized by the model, for the keys a user's DeepSpeed JSON leaves out.
+
+    * ``sub_group_size``: ~1/``parts`` of the rank's partition, so the fp32 gradient the step
+      flattens per sub-group is small (DeepSpeed's default, 1e12, makes one sub-group).
+    * Parameters released after use, as ZeRO-3 promises: DeepSpeed's defaults keep up to 1e9
+      gathered parameters alive (``stage3_max_live_parameters``, ``max_reuse_distance``), i.e.
+      every model below 1B parameters stays whole after its first forward. Here at most
+      the largest parameter (the one DeepSpeed must gather whole anyway) stays gathered or is
+      prefetched, and only vectors (norm weights, biases) stay resident
+      (``stage3_param_persistence_threshold`` = the largest one-dimensional parameter).
+    """
+    params = [p for chunk in chunks for p in chunk.parameters() if p.requires_grad]
+    local = sum(p.numel() for p in params)
+    largest = max(p.numel() for p in params)
+    largest_vector = max((p.numel() for p in params if p.dim() == 1), default=0)
+    return {
+        "sub_group_size": max(1, -(-local // (dp_size * parts))),
+        "stage3_max_live_parameters": largest,
+        "stage3_max_reuse_distance": largest,
+        "stage3_prefetch_bucket_size": largest,
+        "stage3_param_persistence_threshold": largest_vector,
+    }
