@@ -54,6 +54,7 @@ from dist_pretrain.zero_memory import (
     use_compact_gradient_partitions,
     zero3_defaults,
 )
+from dist_pretrain.zero_step import foreach_grad_norm, overflow_from_norm
 
 class MegatronMPU:
     """The ``mpu`` interface DeepSpeed expects, backed by megatron-core's parallel_state."""
@@ -159,6 +160,9 @@ class ZeroEngine:
         # hold the bytes the ZeRO paper promises (zero_memory.py)
         if stage in (1, 2):
             use_compact_gradient_partitions(self.engine.optimizer)
+            # and a step as cheap as fused clip + AdamW (zero_step.py)
+            foreach_grad_norm(self.engine.optimizer)
+            overflow_from_norm(self.engine.optimizer)
         alias_fp32_master(self.engine.optimizer)
         self._backwards_this_step = 0
         self._wrap_backward_prologue()
