@@ -248,7 +248,7 @@ def test_check_command_says_ok_and_debug_shows_the_traceback(inputs, capsys, mon
             "train.eval_interval=2", "train.eval_steps=all", f"run_dir={inputs['existing']}"]
     assert main(["check", GPT, *good, "--world-size", "2"]) == 0
     out = capsys.readouterr().out
-    assert "ok: gpt at world size 2: TP 1 x PP 1 x DP 2" in out and "65 x 8 validation samples" in out
+    assert "ok: gpt causal_lm at world size 2: TP 1 x PP 1 x DP 2" in out and "65 x 8 validation samples" in out
     monkeypatch.setenv("DIST_PRETRAIN_DEBUG", "1")
     assert main(["check", str(inputs["root"] / "syntax.yaml")]) == 2
     err = capsys.readouterr().err
