@@ -14,6 +14,7 @@ import time
 import torch
 
 from dist_pretrain.zero_step import squared_norm
+
 torch.set_num_threads(1)
 torch.manual_seed(0)
 # the FULL benchmark GPT's parameter shapes (6 x 512, vocab 50304, tied)

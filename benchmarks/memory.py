@@ -81,8 +81,8 @@ def table(rows_: list[dict]) -> str:
     psi = rows_[0]["psi"]
     lines = [(f"Ψ = {psi:,} parameters, N = 2 ranks; bytes per parameter (measured / ZeRO paper), "
              "the rank holding more"), "",
-             "| case | params | grads | optimizer | total | measured / theory | stated buffers | "
-             "measured / (theory + stated) | reduction buckets | other live |",
+             ("| case | params | grads | optimizer | total | measured / theory | stated buffers | "
+              "measured / (theory + stated) | reduction buckets | other live |"),
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows_:
         m, t = r["measured"], r["theory"]

@@ -56,6 +56,7 @@ from dist_pretrain.zero_memory import (
 )
 from dist_pretrain.zero_step import foreach_grad_norm, overflow_from_norm
 
+
 class MegatronMPU:
     """The ``mpu`` interface DeepSpeed expects, backed by megatron-core's parallel_state."""
 

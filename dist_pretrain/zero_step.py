@@ -28,7 +28,6 @@ import types
 
 import torch
 
-
 ROW = 4096  # elements per fp32 partial norm; the partials are squared and summed in fp64
 
 
@@ -52,7 +51,10 @@ def foreach_grad_norm(zero_optimizer) -> bool:
     if not hasattr(zero_optimizer, "get_grad_norm_direct") or not hasattr(zero_optimizer, "averaged_gradients"):
         return False
     from deepspeed import comm as dist
-    from deepspeed.runtime.utils import is_model_parallel_parameter, mask_nan_or_inf_with_val_inplace
+    from deepspeed.runtime.utils import (
+        is_model_parallel_parameter,
+        mask_nan_or_inf_with_val_inplace,
+    )
     from deepspeed.runtime.zero.utils import get_norm_dtype
 
     original = zero_optimizer.get_grad_norm_direct
