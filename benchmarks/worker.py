@@ -109,7 +109,10 @@ def memory_case(case: dict, world: int) -> dict:
     armed[0] = True  # AdamW's moments exist from the first update on: count the second step
     trainer.train_step(2)
     # unique parameters of the model (ZeRO-3 keeps the full count in ds_numel)
-    result = {"psi": sum(getattr(p, "ds_numel", p.numel()) for p in params), **best}
+    result = {"psi": sum(getattr(p, "ds_numel", p.numel()) for p in params), **best,
+              # ZeRO-3 gathers parameters whole: its stated budget and the one it must gather anyway
+              "largest_param": max(getattr(p, "ds_numel", p.numel()) for p in params),
+              "max_live_parameters": engine.engine.zero_max_live_parameters() if case["stage"] == 3 else 0}
     gathered = [None] * world
     torch.distributed.all_gather_object(gathered, result)
     return {"ranks": gathered}
