@@ -47,7 +47,6 @@ GPUS = {
     "a10g": (70.0, 35.0, 24), "v100": (125.0, 15.7, 32), "mi300x": (1307.0, 653.7, 192), "b200": (2250.0, 1125.0, 180),
 }
 DS_REDUCE_BUCKET = 500_000_000  # DeepSpeed's default reduce_bucket_size (elements)
-DS_MAX_LIVE = 1_000_000_000  # DeepSpeed's default stage3_max_live_parameters
 
 
 @dataclass
@@ -70,28 +69,51 @@ def layout_of(cfg: Config, world: int) -> Layout:
 
 
 def model_state_bytes(psi: int, dp: int, stage: int, precision: str, ds: dict | None = None,
-                      offload_optimizer: bool = False, offload_params: bool = False) -> dict[str, float]:
+                      offload_optimizer: bool = False, offload_params: bool = False,
+                      groups: list[list[int]] | None = None) -> dict[str, float]:
     """Bytes one rank holds for ``psi`` parameters at ZeRO ``stage`` over ``dp`` ranks, as our
-    engines hold them (see the module docstring); ``host`` is what offload keeps in CPU memory."""
+    engines hold them (``dist_pretrain/zero_memory.py``); ``host`` is what offload keeps in CPU
+    memory. ``groups``: the rank's AdamW groups as per-parameter sizes (``count.stage_groups``;
+    default: a single parameter of ``psi`` values), which size the sub-groups of bf16
+    ZeRO-1/2 and the parameter ZeRO-3 gathers and reduces whole."""
+    from dist_pretrain.zero_memory import sub_group_sizes
+
     e = 2 if precision == "bf16" else 4
     zero = (ds or {}).get("zero_optimization", {})
     if stage == 0:
         out = {"params": e * psi, "grads": 4 * psi, "optimizer": (12 if e == 2 else 8) * psi, "buckets": 0.0}
         return {**out, "host": 0.0}
+    groups = groups or [[psi]]
+    largest = max(max(g) for g in groups)
     partition = psi / dp
     bucket = e * float(zero.get("reduce_bucket_size", DS_REDUCE_BUCKET))
-    optimizer = 12 * partition  # fp32 master partition + Adam m and v
+    # Adam m and v; the fp32 master partition only for bf16 weights (fp32 weights are their own
+    # master: alias_fp32_master), and always with offload (its host copy is not aliased)
+    optimizer = (8 + (4 if e == 2 or offload_optimizer else 0)) * partition
+    host = optimizer + 4 * partition if offload_optimizer else 0.0  # + the fp32 gradient partition
+    if offload_optimizer:
+        optimizer = 0.0
     if stage in (1, 2):
-        params, grads = e * psi, 4 * partition + e * partition
-        host = optimizer + 4 * partition if offload_optimizer else 0.0
+        params = e * psi
         if offload_optimizer:
-            optimizer, grads = 0.0, e * partition
+            grads = e * partition
+        else:
+            # bf16: the step casts one sub-group's reduced partition to fp32 (split_param_groups,
+            # smallest first) while the partitions of the later sub-groups still wait; fp32: the
+            # compact partition is used in place (use_compact_gradient_partitions)
+            subs = sub_group_sizes(groups) if e == 2 else [psi]
+            cast = [(e * sum(subs[i:]) + (4 if e == 2 else 0) * subs[i]) / dp for i in range(len(subs))]
+            # ZeRO-1 holds full gradients until the step, which casts its first sub-group
+            grads = e * psi + (4 * subs[0] / dp if e == 2 else 0) if stage == 1 else max(cast)
     else:
-        live = min(psi, float(zero.get("stage3_max_live_parameters", DS_MAX_LIVE)))
-        params, grads = e * live + (0 if offload_params else e * partition), e * partition
-        host = (optimizer + 4 * partition if offload_optimizer else 0.0) + (e * partition if offload_params else 0.0)
-        if offload_optimizer:
-            optimizer = 0.0
+        # the partition, plus what DeepSpeed keeps gathered: up to stage3_max_live_parameters (the
+        # engine's default: the largest parameter, zero3_defaults) and at least the largest
+        # parameter, which is gathered whole; and that parameter's whole gradient before its
+        # reduce-scatter (the memory benchmark's "stated buffers")
+        live = max(largest, float(zero.get("stage3_max_live_parameters", largest)))
+        params = e * live + (0 if offload_params else e * partition)
+        grads = e * partition + e * largest
+        host += e * partition if offload_params else 0.0
     return {"params": params, "grads": grads, "optimizer": optimizer, "buckets": bucket, "host": host}
 
 
@@ -193,7 +215,7 @@ class Plan:
 def make_plan(cfg: Config, world: int, vocab: int, params_cache: dict | None = None) -> Plan:
     """The memory and time plan of ``cfg`` at ``world`` processes (``vocab``: the tokenizer's)."""
     from dist_pretrain.models.architecture import get_architecture
-    from dist_pretrain.models.count import model_parameters, stage_parameters
+    from dist_pretrain.models.count import model_parameters, stage_groups, stage_parameters
 
     layout = layout_of(cfg, world)
     padded = padded_vocab_size(cfg, vocab)
@@ -202,6 +224,7 @@ def make_plan(cfg: Config, world: int, vocab: int, params_cache: dict | None = N
     if key not in cache:
         cache[key] = model_parameters(cfg, padded)
     counts = stage_parameters(cache[key], cfg, layout.tp, layout.pp, layout.vpp)
+    groups = stage_groups(cache[key], cfg, layout.tp, layout.pp, layout.vpp)
     ds = deepspeed_config(cfg, layout.dp, layout.micro_batches) if cfg.parallel.zero_stage else {}
     per_stage_layers = cfg.model.num_layers // layout.pp
     if cfg.model.arch == "t5" and layout.pp == 1:
@@ -209,7 +232,7 @@ def make_plan(cfg: Config, world: int, vocab: int, params_cache: dict | None = N
     stages = []
     for stage, psi in enumerate(counts):
         states = model_state_bytes(psi, layout.dp, cfg.parallel.zero_stage, cfg.train.precision, ds,
-                                   cfg.parallel.offload_optimizer, cfg.parallel.offload_params)
+                                   cfg.parallel.offload_optimizer, cfg.parallel.offload_params, groups[stage])
         act = micro_batch_activations(cfg, layout.tp, per_stage_layers, stage == 0, stage == layout.pp - 1, padded)
         flight = in_flight(layout, stage)
         activations = act["peak"] + (flight - 1) * act["saved"]

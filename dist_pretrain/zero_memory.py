@@ -55,21 +55,38 @@ def split_param_groups(groups: list[dict], parts: int = SUB_GROUPS) -> list[dict
     The update is element-wise, so the result is the same; only the size of the largest
     group, and with it DeepSpeed's transient fp32 gradient, shrinks.
     """
-    total = sum(p.numel() for g in groups for p in g["params"])
-    limit = max(1, -(-total // parts))
-    out = []
-    for group in groups:
-        current: list[torch.nn.Parameter] = []
-        size = 0
-        for p in group["params"]:
-            if current and size + p.numel() > limit:
-                out.append({**group, "params": current})
-                current, size = [], 0
-            current.append(p)
-            size += p.numel()
-        if current:
-            out.append({**group, "params": current})
+    limit = sub_group_limit([[p.numel() for p in g["params"]] for g in groups], parts)
+    out = [{**group, "params": [group["params"][k] for k in run]}
+           for group in groups for run in consecutive_runs([p.numel() for p in group["params"]], limit)]
     return sorted(out, key=lambda g: sum(p.numel() for p in g["params"]))
+
+
+def sub_group_limit(group_sizes: list[list[int]], parts: int = SUB_GROUPS) -> int:
+    return max(1, -(-sum(map(sum, group_sizes)) // parts))
+
+
+def consecutive_runs(sizes: list[int], limit: int) -> list[list[int]]:
+    """Indices of ``sizes`` cut into consecutive runs of at most ``limit`` in total (a single
+    size over the limit is a run of its own: one parameter is never split)."""
+    runs: list[list[int]] = []
+    current: list[int] = []
+    total = 0
+    for k, size in enumerate(sizes):
+        if current and total + size > limit:
+            runs.append(current)
+            current, total = [], 0
+        current.append(k)
+        total += size
+    if current:
+        runs.append(current)
+    return runs
+
+
+def sub_group_sizes(group_sizes: list[list[int]], parts: int = SUB_GROUPS) -> list[int]:
+    """The element counts of the sub-groups ``split_param_groups`` makes of groups with these
+    per-parameter sizes, smallest first (``dist-pretrain plan`` uses them without a model)."""
+    limit = sub_group_limit(group_sizes, parts)
+    return sorted(sum(sizes[k] for k in run) for sizes in group_sizes for run in consecutive_runs(sizes, limit))
 
 
 def use_compact_gradient_partitions(zero_optimizer) -> bool:

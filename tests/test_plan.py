@@ -53,8 +53,15 @@ def test_schedule_and_offload_arithmetic():
     assert bubble_fraction(one_f_one_b) == 3 / 11 and bubble_fraction(interleaved) == 1 / 9
     on, off = (model_state_bytes(1000, 2, 2, "bf16", offload_optimizer=o) for o in (False, True))
     assert off["optimizer"] == 0 and off["host"] == on["optimizer"] + 4 * 500 and off["params"] == on["params"]
-    released = model_state_bytes(1000, 2, 3, "fp32", {"zero_optimization": {"stage3_max_live_parameters": 0}})
-    assert released["params"] == 4 * 500 and released["grads"] == 4 * 500
+    # ZeRO-3 with parameters released still gathers the largest one whole, and reduces its whole
+    # gradient; fp32 weights are their own master partition (zero_memory.alias_fp32_master)
+    released = model_state_bytes(1000, 2, 3, "fp32", {"zero_optimization": {"stage3_max_live_parameters": 0}},
+                                 groups=[[100] * 9, [100]])
+    assert released["params"] == 4 * (500 + 100) and released["grads"] == 4 * (500 + 100)
+    assert released["optimizer"] == 8 * 500
+    # bf16 ZeRO-2: the step's fp32 copy of one sub-group next to the partitions still waiting
+    subs = model_state_bytes(1000, 2, 2, "bf16", groups=[[400, 300, 290], [10]])  # sub-groups 10, 290, 300, 400
+    assert subs["grads"] == max(2 * 1000 + 4 * 10, 2 * 990 + 4 * 290, 2 * 700 + 4 * 300, 2 * 400 + 4 * 400) / 2
 
 
 def test_cli_says_what_does_not_fit_and_what_would():

@@ -27,6 +27,7 @@ class Param:
     name: str
     numel: int
     tp_split: bool  # 1/TP of the values on each TP rank (else replicated)
+    no_decay: bool = False  # a bias or a vector: the engines' AdamW group without weight decay
 
 
 def model_parameters(cfg: Config, vocab_size: int) -> list[Param]:
@@ -44,12 +45,31 @@ def model_parameters(cfg: Config, vocab_size: int) -> list[Param]:
         chunk = get_architecture(one.model.arch).build_chunk(one, tconfig, vocab_size, pre_process=True,
                                                    post_process=True, vp_stage=None)
     mark_tensor_parallel([chunk])
-    return [Param(n, p.numel(), bool(getattr(p, "tensor_model_parallel", False)))
+    return [Param(n, p.numel(), bool(getattr(p, "tensor_model_parallel", False)),
+                  p.dim() == 1 or n.endswith("bias"))
             for n, p in chunk.named_parameters()]
 
 
 def stage_parameters(params: list[Param], cfg: Config, tp: int, pp: int, vpp: int | None) -> list[int]:
     """Parameters one TP rank of each pipeline stage holds (a list of ``pp`` counts)."""
+    counts = [0] * pp
+    for stage, _, share in stage_shares(params, cfg, tp, pp, vpp):
+        counts[stage] += share
+    return counts
+
+
+def stage_groups(params: list[Param], cfg: Config, tp: int, pp: int, vpp: int | None) -> list[list[list[int]]]:
+    """Per pipeline stage, the engines' AdamW groups (weight decay, then none) as lists of
+    per-parameter sizes on one TP rank, in model order (``engine._param_groups`` without a
+    fine-tuning head): what the ZeRO engines partition and cut into sub-groups."""
+    groups: list[list[list[int]]] = [[[], []] for _ in range(pp)]
+    for stage, param, share in stage_shares(params, cfg, tp, pp, vpp):
+        groups[stage][int(param.no_decay)].append(share)
+    return [[g for g in stage if g] for stage in groups]
+
+
+def stage_shares(params: list[Param], cfg: Config, tp: int, pp: int, vpp: int | None):
+    """(pipeline stage, parameter, values on one TP rank) for every parameter copy in the layout."""
     from dist_pretrain.models.architecture import get_architecture
 
     arch = get_architecture(cfg.model.arch)
@@ -57,7 +77,6 @@ def stage_parameters(params: list[Param], cfg: Config, tp: int, pp: int, vpp: in
     shared = arch.stage_shared_parameter_names(cfg) if pp > 1 else set()
     layers = {"encoder": cfg.model.encoder_num_layers or cfg.model.num_layers, "decoder": cfg.model.num_layers}
     per_chunk = {k: max(1, v // (pp * (vpp or 1))) for k, v in layers.items()}
-    counts = [0] * pp
     for p in params:
         share = p.numel // tp if p.tp_split else p.numel
         match = _LAYER.match(p.name)
@@ -71,7 +90,6 @@ def stage_parameters(params: list[Param], cfg: Config, tp: int, pp: int, vpp: in
         else:
             stages = [pp - 1]
         for s in stages:
-            counts[s] += share
+            yield s, p, share
         if p.name in tied.values() and cfg.model.arch != "t5":  # the last stage's copy of a tied embedding
-            counts[pp - 1] += share
-    return counts
+            yield pp - 1, p, share
