@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
+from functools import cache
+from pathlib import Path
 
 from benchmarks.common import GPTSize, gpt_overrides, launch_worker, machine
+from benchmarks.memory import RELEASE_PARAMS
 
 SIZE = GPTSize(layers=2, hidden=128, heads=4, seq=64, vocab=2048, micro_batch=2)
 LLAMA = ["model.position_embedding=rope", "model.normalization=rmsnorm", "model.bias=false",
@@ -26,6 +30,8 @@ CASES = {
     "bf16 ZeRO-2 DP2": ("memory", "bf16", 2, []),
     "fp32 ZeRO-0 TP2": ("memory", "fp32", 0, ["parallel.tensor=2"]),
     "bf16 ZeRO-1 PP2 tied": ("memory", "bf16", 1, ["parallel.pipeline=2"]),
+    # parameters released after use (benchmarks/memory.py's DeepSpeed JSON): the largest stays whole
+    "fp32 ZeRO-3 DP2 params released": ("memory", "fp32", 3, ["deepspeed.config={release}"]),
     "activations bf16 TP2 Llama-style": ("activations", "bf16", 1, ["parallel.tensor=2"] + LLAMA),
     "activations fp32 TP2 recompute": ("activations", "fp32", 1, ["parallel.tensor=2", "model.recompute=full"]),
     "activations bf16 TP2 dropout 0.1": ("activations", "bf16", 1, ["parallel.tensor=2", "model.hidden_dropout=0.1",
@@ -33,13 +39,22 @@ CASES = {
 }
 
 
+@cache
+def release_json() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="plan-check-")) / "zero3_release.json"
+    path.write_text(json.dumps(RELEASE_PARAMS))
+    return path
+
+
 def overrides(name: str) -> list[str]:
     _, precision, stage, extra = CASES[name]
-    return gpt_overrides(SIZE, precision, global_batch=2 * SIZE.micro_batch, zero_stage=stage) + extra
+    return gpt_overrides(SIZE, precision, global_batch=2 * SIZE.micro_batch, zero_stage=stage) + \
+        [o.format(release=release_json()) for o in extra]
 
 
 def measure() -> dict:
-    cases = [{"name": name, "kind": kind, "overrides": overrides(name)} for name, (kind, *_) in CASES.items()]
+    cases = [{"name": name, "kind": kind, "precision": precision, "stage": stage, "overrides": overrides(name)}
+             for name, (kind, precision, stage, _) in CASES.items()]
     return launch_worker(2, cases, threads=1)
 
 

@@ -5,14 +5,16 @@
 Per GPU (the rank holding the most: the pipeline stage with the most parameters and activations):
 
 * **model states** as this system holds them, which is what ``benchmarks/memory.py`` measures
-  (not the ZeRO paper's ideal, which DeepSpeed does not reach for stages 1-2 here):
+  (``dist_pretrain/zero_memory.py`` makes DeepSpeed hold the ZeRO paper's bytes):
   ZeRO-0 (megatron DDP + its AdamW): weights, full gradients (fp32 ``main_grad`` in bf16),
-  fp32 master weights (bf16) and Adam moments. DeepSpeed ZeRO-1/2: full weights; gradients
-  as a fp32 partition plus a partition in the weights' dtype (``averaged_gradients``);
-  fp32 master partition + Adam moments (12 bytes/param over DP); the reduction bucket
-  (``reduce_bucket_size`` elements in the weights' dtype, DeepSpeed's default 5e8).
-  ZeRO-3: the gathered weights it keeps (up to ``stage3_max_live_parameters``, default 1e9)
-  plus the weight partition, the gradient partition, 12 bytes/param over DP, the bucket.
+  fp32 master weights (bf16) and Adam moments. DeepSpeed ZeRO-1/2: full weights; Adam moments
+  and, for bf16 weights only, the fp32 master over DP (fp32 weights are their own master);
+  gradients full until the step (ZeRO-1) or one compact partition (ZeRO-2), plus under bf16
+  the step's fp32 copy of one AdamW sub-group (about 1/8 of the model) next to the partitions
+  still waiting; the reduction bucket (``reduce_bucket_size`` elements in the weights' dtype,
+  DeepSpeed's default 5e8). ZeRO-3: the weight and gradient partitions and optimizer states
+  over DP, plus the gathered weights it keeps (``stage3_max_live_parameters``, by default the
+  largest parameter, which it gathers whole anyway) and that parameter's whole gradient.
   Offload moves the optimizer partition (and ZeRO-3's weight partition) to host memory.
 * **activations** of one micro-batch, the count ``benchmarks/activations.py`` validated
   (no dropout, fused SDPA: ``dist_pretrain.memory``), split over TP where megatron splits them,
