@@ -63,14 +63,10 @@ def config_problems(cfg: Config, world_size: int, vocab_size: Optional[int] = No
     def err(msg: str) -> None:
         errors.append(msg)
 
-    if cfg.task.name not in TASKS_OF_ARCH[m.arch]:
-        err(f"task.name={cfg.task.name} does not fit model.arch={m.arch}; its tasks: "
-            f"{', '.join(TASKS_OF_ARCH[m.arch])}")
-    _finetune_problems(cfg, err)
-
     tasks = TASKS_OF_ARCH[m.arch]
     if cfg.task.name not in tasks:
         err(f"task.name={cfg.task.name} does not fit model.arch={m.arch}; its tasks: {', '.join(tasks)}")
+    _finetune_problems(cfg, err)
     if world_size % (tp * pp):
         err(
             f"world size {world_size} is not divisible by parallel.tensor={tp} x "
