@@ -31,17 +31,26 @@ class ExportError(RuntimeError):
 
 def architecture_for(cfg: Config):
     """The HF architecture module for ``cfg`` (``interop.gpt2``, ...), or ExportError saying why not."""
-    from dist_pretrain.interop import gpt2, llama
+    from dist_pretrain.interop import gpt2, llama, megatron_bert
 
     if cfg.family == "gpt":
         arch = gpt2 if cfg.model.position_embedding == "learned" else llama
+    elif cfg.family == "bert":
+        arch = megatron_bert
     else:
         raise ExportError(f"export of family={cfg.family} is not implemented yet; GPT exports to "
-                          "GPT2LMHeadModel (learned positions) or LlamaForCausalLM (rotary positions)")
+                          "GPT2LMHeadModel (learned positions) or LlamaForCausalLM (rotary positions), BERT to "
+                          "MegatronBertForMaskedLM / MegatronBertForPreTraining")
     reason = arch.unsupported(cfg)
     if reason:
         raise ExportError(f"cannot export to {arch.model_type}: {reason}")
     return arch
+
+
+def hf_auto_class(arch, config) -> str:
+    """The transformers Auto class for ``arch``; an architecture whose HF class depends on the
+    model (BERT with or without its NSP head) picks it from ``config`` (ours or the HF one)."""
+    return arch.auto_class(config) if callable(arch.auto_class) else arch.auto_class
 
 
 def exported_vocab(meta: dict, rows: int) -> int:
@@ -70,7 +79,11 @@ def hf_tokenizer(cfg: Config, name: str | None, directory: Path):
         raise ExportError(f"tokenizer {name!r}: SentencePiece export is not implemented yet")
     specials = {f"{role}_token": tok.tokenizer.id_to_token(i) for role, i in tok.special_ids.items()
                 if role in ("eos", "bos", "pad", "unk", "cls", "sep", "mask")}
-    return tok, PreTrainedTokenizerFast(tokenizer_object=tok.tokenizer, **specials)
+    extra = {}
+    if cfg.family == "bert":  # sentence pairs: tokenizer(a, b) gives the token types the model was trained with
+        extra = {"model_input_names": ["input_ids", "token_type_ids", "attention_mask"],
+                 "model_max_length": cfg.model.max_positions}
+    return tok, PreTrainedTokenizerFast(tokenizer_object=tok.tokenizer, **specials, **extra)
 
 
 def export(src: str | Path, output: str | Path, tokenizer: str | None = None, tolerance: float = TOLERANCE,
@@ -106,8 +119,11 @@ def export_model(cfg: Config, chunks: list[torch.nn.Module], output: Path, meta:
     if tokenizer is not None and tokenizer[0].vocab_size > vocab:
         raise ExportError(f"tokenizer {tokenizer[0].name} has {tokenizer[0].vocab_size} tokens, the model only "
                           f"{vocab}")
-    auto = getattr(transformers, arch.auto_class)
-    model = auto.from_config(arch.hf_config(cfg, vocab), dtype=torch.float32)
+    auto = getattr(transformers, hf_auto_class(arch, cfg))
+    hf_cfg = arch.hf_config(cfg, vocab)
+    if cfg.family == "bert" and tokenizer is not None and "pad" in tokenizer[0].special_ids:
+        hf_cfg.pad_token_id = tokenizer[0].special_ids["pad"]
+    model = auto.from_config(hf_cfg, dtype=torch.float32)
     model.load_state_dict(arch.to_hf(weights, cfg, vocab), strict=True)
     tmp = output.with_name(output.name + ".tmp-export")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -116,9 +132,15 @@ def export_model(cfg: Config, chunks: list[torch.nn.Module], output: Path, meta:
         if tokenizer is not None:
             tokenizer[1].save_pretrained(tmp)
         reloaded = auto.from_pretrained(tmp, dtype=torch.float32)
-        ids = token_sequences(tokenizer[0] if tokenizer else None, vocab, cfg.model.seq_length, sequences, cfg.seed)
+        tok = tokenizer[0] if tokenizer else None
+        if hasattr(arch, "check_inputs"):
+            ids = arch.check_inputs(tok, vocab, cfg, sequences)
+            tokens = int(ids["padding_mask"].sum())
+        else:
+            ids = token_sequences(tok, vocab, cfg.model.seq_length, sequences, cfg.seed)
+            tokens = int(ids.numel())
         result = compare_logits(arch, chunks[0], reloaded, ids, cfg)
-        result.update(architecture=type(reloaded).__name__, vocab=vocab, tokens=int(ids.numel()))
+        result.update(architecture=type(reloaded).__name__, vocab=vocab, tokens=tokens)
         if result["max_abs_diff"] > tolerance or result["top1_agreement"] < min_top1:
             raise ExportError(f"exported {result['architecture']} disagrees with the checkpoint: max |dlogit| "
                               f"{result['max_abs_diff']:.3g} (tolerance {tolerance:g}), top-1 agreement "
@@ -147,5 +169,6 @@ def main(argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"exported {r['architecture']} (vocab {r['vocab']}) to {args.output}; checked on {r['tokens']} tokens: "
-          f"max |dlogit| {r['max_abs_diff']:.2e}, top-1 agreement {r['top1_agreement']:.4f}")
+          f"max |dlogit| {r['max_abs_diff']:.2e}, top-1 agreement {r['top1_agreement']:.4f}"
+          + (f" (NSP head: max |dlogit| {r['nsp_max_abs_diff']:.2e})" if "nsp_max_abs_diff" in r else ""))
     return 0

@@ -24,10 +24,11 @@ import torch
 import yaml
 
 from dist_pretrain.config import Config, padded_vocab_size
+from dist_pretrain.interop.hf_export import hf_auto_class
 from dist_pretrain.interop.layout import pad_rows
 from dist_pretrain.interop.verify import compare_logits, token_sequences
 
-VOCAB_TABLES = ("embedding.word_embeddings.weight", "output_layer.weight")
+VOCAB_TABLES = ("embedding.word_embeddings.weight", "output_layer.weight", "output_layer.bias")
 
 
 class HFImportError(RuntimeError):
@@ -35,15 +36,19 @@ class HFImportError(RuntimeError):
 
 
 def architecture_for_hf(model_type: str):
-    from dist_pretrain.interop import gpt2, llama
+    from dist_pretrain.interop import gpt2, llama, megatron_bert
 
-    known = {arch.model_type: arch for arch in (gpt2, llama)}
+    known = {arch.model_type: arch for arch in (gpt2, llama, megatron_bert)}
+    if model_type == "bert":
+        raise HFImportError("HF model_type 'bert' (BertForMaskedLM) is post-LN (a LayerNorm after each residual "
+                            "sum and on the embeddings); megatron-core's BertModel is pre-LN and cannot represent "
+                            "it. A pre-LN MegatronBert (model_type 'megatron-bert') can be imported")
     if model_type not in known:
         raise HFImportError(f"HF model_type {model_type!r} cannot be imported; supported: {', '.join(known)}")
     return known[model_type]
 
 
-def write_weights_checkpoint(chunks, cfg: Config, output: Path, extra_meta: dict) -> None:
+def write_weights_checkpoint(chunks, cfg: Config, output: Path, extra_meta: dict, sections: dict | None = None) -> None:
     """A weights-only checkpoint of a one-process model: the training format, no optimizer."""
     from megatron.core import dist_checkpointing
 
@@ -59,7 +64,8 @@ def write_weights_checkpoint(chunks, cfg: Config, output: Path, extra_meta: dict
                                                   "rng": [], "weights_only": True, **extra_meta}))
     (output / "config.yaml").write_text(
         "# imported; train from it with checkpoint.init_from=<this directory> and data.path=...\n"
-        + yaml.safe_dump({"family": cfg.family, "model": cfg.model.model_dump(exclude_none=True)}, sort_keys=False))
+        + yaml.safe_dump({"family": cfg.family, "model": cfg.model.model_dump(exclude_none=True), **(sections or {})},
+                         sort_keys=False))
     files = {str(p.relative_to(output)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
              for p in sorted(output.rglob("*")) if p.is_file()}
     (output / "manifest.json").write_text(json.dumps({"step": 0, "files": files}, indent=1))
@@ -77,13 +83,14 @@ def import_hf(hf_dir: str | Path, output: str | Path, tolerance: float = 1e-3) -
         raise HFImportError(f"--output {output} exists and is not empty; choose a new directory")
     hf_cfg = transformers.AutoConfig.from_pretrained(hf_dir)
     arch = architecture_for_hf(hf_cfg.model_type)
-    model = getattr(transformers, arch.auto_class).from_pretrained(hf_dir, dtype=torch.float32)
     try:
+        auto = hf_auto_class(arch, hf_cfg)
         keys = arch.model_keys(hf_cfg)
+        sections = arch.config_sections(hf_cfg) if hasattr(arch, "config_sections") else {}
     except ValueError as err:
         raise HFImportError(f"{hf_dir}: {err}") from None
-    cfg = Config.model_validate({"family": "gpt" if arch.model_type in ("gpt2", "llama") else arch.model_type,
-                                 "model": keys})
+    model = getattr(transformers, auto).from_pretrained(hf_dir, dtype=torch.float32)
+    cfg = Config.model_validate({"family": getattr(arch, "family", "gpt"), "model": keys, **sections})
     vocab = keys["vocab_size"]
     rows = padded_vocab_size(cfg, vocab)
     weights = arch.from_hf(model.state_dict(), hf_cfg, cfg)
@@ -92,7 +99,11 @@ def import_hf(hf_dir: str | Path, output: str | Path, tolerance: float = 1e-3) -
     chunks = build_model(cfg, rows)
     load_weights(chunks, weights)  # every name and shape checked
     tokenizer = load_tokenizer(str(hf_dir)) if (hf_dir / "tokenizer.json").is_file() else None
-    ids = token_sequences(tokenizer, vocab, min(cfg.model.seq_length, 64), 4, cfg.seed)
+    if hasattr(arch, "check_inputs"):
+        short = cfg.model_copy(update={"model": cfg.model.model_copy(update={"seq_length": min(cfg.model.seq_length, 64)})})
+        ids = arch.check_inputs(tokenizer, vocab, short, 4)
+    else:
+        ids = token_sequences(tokenizer, vocab, min(cfg.model.seq_length, 64), 4, cfg.seed)
     result = compare_logits(arch, chunks[0], model, ids, cfg)
     if result["max_abs_diff"] > tolerance:
         raise HFImportError(f"imported model disagrees with {hf_dir}: max |dlogit| {result['max_abs_diff']:.3g} "
@@ -101,7 +112,7 @@ def import_hf(hf_dir: str | Path, output: str | Path, tolerance: float = 1e-3) -
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         write_weights_checkpoint(chunks, cfg, tmp, {"hf": {"model_type": hf_cfg.model_type, "vocab_size": vocab,
-                                                           "source": str(hf_dir)}})
+                                                           "source": str(hf_dir)}}, sections)
         if tokenizer is not None:
             shutil.copy(hf_dir / "tokenizer.json", tmp / "tokenizer.json")
         if output.exists():
