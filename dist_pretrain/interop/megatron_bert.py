@@ -202,15 +202,16 @@ def config_sections(hf) -> dict:
 
 def check_inputs(tokenizer, vocab: int, cfg: Config, count: int = 4) -> dict[str, torch.Tensor]:
     """``count`` masked BERT examples as training builds them (``objective.mlm.bert_example``:
-    [CLS] A [SEP] (B [SEP]), token types, 15% of positions chosen 80/10/10) from real English
-    (``verify.TEXTS``), or seeded random ids without a tokenizer. Every other example is
-    shortened so that it ends in padding: the attention mask is part of the check."""
+    [CLS] A [SEP] B [SEP] with token types 0 and 1, 15% of positions chosen 80/10/10) from real
+    English (``verify.TEXTS``), or seeded random ids without a tokenizer. Always sentence pairs,
+    also for a model trained without NSP: both token-type rows are exported and checked. Every
+    other example is shortened so that it ends in padding: the attention mask is checked too."""
     from dist_pretrain.families.bert import BERT_SPECIALS
     from dist_pretrain.interop.verify import TEXTS
     from dist_pretrain.objectives.mlm import MLMConfig, bert_example
 
     length, rng = cfg.model.seq_length, np.random.default_rng(cfg.seed)
-    mlm = MLMConfig(mask_prob=0.15, nsp=cfg.objective.next_sentence_prediction)
+    mlm = MLMConfig(mask_prob=0.15, nsp=True)
     if tokenizer is not None:
         specials, real_vocab = tokenizer.special_ids, tokenizer.vocab_size
         docs = [np.asarray(tokenizer.encode_batch([t])[0], np.int64) for t in TEXTS]
