@@ -78,7 +78,8 @@ if __name__ == "__main__":
     to_hf = megatron_bert.to_hf
     def swapped_types(weights, cfg, vocab):  # token type rows 0 and 1 exchanged
         out = to_hf(weights, cfg, vocab)
-        out["bert.embeddings.token_type_embeddings.weight"] = out["bert.embeddings.token_type_embeddings.weight"].flip(0)
+        key = "bert.embeddings.token_type_embeddings.weight"
+        out[key] = out[key].flip(0)
         return out
     megatron_bert.to_hf = swapped_types
     refused(export, tmp / "MegatronBertForMaskedLM-ours", tmp / "wrong-types")  # no NSP: still pairs in the check

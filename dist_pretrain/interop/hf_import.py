@@ -100,7 +100,8 @@ def import_hf(hf_dir: str | Path, output: str | Path, tolerance: float = 1e-3) -
     load_weights(chunks, weights)  # every name and shape checked
     tokenizer = load_tokenizer(str(hf_dir)) if (hf_dir / "tokenizer.json").is_file() else None
     if hasattr(arch, "check_inputs"):
-        short = cfg.model_copy(update={"model": cfg.model.model_copy(update={"seq_length": min(cfg.model.seq_length, 64)})})
+        model = cfg.model.model_copy(update={"seq_length": min(cfg.model.seq_length, 64)})
+        short = cfg.model_copy(update={"model": model})
         ids = arch.check_inputs(tokenizer, vocab, short, 4)
     else:
         ids = token_sequences(tokenizer, vocab, min(cfg.model.seq_length, 64), 4, cfg.seed)
@@ -136,7 +137,8 @@ def main(argv: list[str]) -> int:
     except (HFImportError, WeightsError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    nsp = f" (NSP head: max |dlogit| {r['nsp_max_abs_diff']:.2e})" if "nsp_max_abs_diff" in r else ""
     print(f"imported {r['architecture']} (vocab {r['vocab']}, padded to {r['padded_vocab']}) to {args.output}; "
-          f"max |dlogit| {r['max_abs_diff']:.2e}, top-1 agreement {r['top1_agreement']:.4f}; train from it with "
+          f"max |dlogit| {r['max_abs_diff']:.2e}, top-1 agreement {r['top1_agreement']:.4f}{nsp}; train from it with "
           f"checkpoint.init_from={args.output}")
     return 0

@@ -188,7 +188,8 @@ def model_keys(hf) -> dict:
             "num_attention_heads": hf.num_attention_heads, "ffn_hidden_size": hf.intermediate_size,
             "seq_length": hf.max_position_embeddings, "max_position_embeddings": hf.max_position_embeddings,
             "position_embedding": "learned", "activation": "gelu", "layernorm_epsilon": hf.layer_norm_eps,
-            "hidden_dropout": float(hf.hidden_dropout_prob), "attention_dropout": float(hf.attention_probs_dropout_prob),
+            "hidden_dropout": float(hf.hidden_dropout_prob),
+            "attention_dropout": float(hf.attention_probs_dropout_prob),
             "init_std": hf.initializer_range, "vocab_size": hf.vocab_size}
 
 
