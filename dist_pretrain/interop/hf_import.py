@@ -100,8 +100,8 @@ def import_hf(hf_dir: str | Path, output: str | Path, tolerance: float = 1e-3) -
     load_weights(chunks, weights)  # every name and shape checked
     tokenizer = load_tokenizer(str(hf_dir)) if (hf_dir / "tokenizer.json").is_file() else None
     if hasattr(arch, "check_inputs"):
-        model = cfg.model.model_copy(update={"seq_length": min(cfg.model.seq_length, 64)})
-        short = cfg.model_copy(update={"model": model})
+        short = cfg.model_copy(update={"model": cfg.model.model_copy(
+            update={"seq_length": min(cfg.model.seq_length, 64)})})
         ids = arch.check_inputs(tokenizer, vocab, short, 4)
     else:
         ids = token_sequences(tokenizer, vocab, min(cfg.model.seq_length, 64), 4, cfg.seed)

@@ -219,15 +219,19 @@ def check_inputs(tokenizer, vocab: int, cfg: Config, count: int = 4) -> dict[str
     else:
         specials, real_vocab = BERT_SPECIALS, vocab
         docs = [rng.integers(110, vocab, size=length).astype(np.int64) for _ in TEXTS]
-    examples = []
+    rows = {"tokens": [], "token_types": [], "padding_mask": []}
     for i in range(count):
-        tokens = docs[i % len(docs)][: length if i % 2 == 0 else max(2, length // 2 - 2)]
+        tokens = docs[i % len(docs)][:length]
         half = len(tokens) // 2
         sentences = np.array([half, len(tokens) - half], np.int64)
         other = docs[(i + 1) % len(docs)]
         other = (other, np.array([len(other)], np.int64))
-        examples.append(bert_example(tokens, sentences, length, specials, real_vocab, rng, mlm, other=other))
-    return {k: torch.from_numpy(np.stack([e[k] for e in examples])) for k in ("tokens", "token_types", "padding_mask")}
+        real = length if i % 2 == 0 else max(3, length // 2)
+        example = bert_example(tokens, sentences, real, specials, real_vocab, rng, mlm, other=other)
+        fill = {"tokens": specials["pad"], "token_types": 0, "padding_mask": 0}
+        for key, value in fill.items():
+            rows[key].append(np.pad(example[key], (0, length - real), constant_values=value))
+    return {k: torch.from_numpy(np.stack(v)) for k, v in rows.items()}
 
 
 @torch.no_grad()
