@@ -11,7 +11,7 @@ LayerNorm, then the output projection tied to the word embeddings with its own b
 ``hidden_act`` for the MLP and that head, megatron's head always uses ``F.gelu``: only
 ``model.activation=gelu`` is representable.
 
-With ``objective.next_sentence_prediction`` our model also has megatron's pooler (dense +
+With ``task.next_sentence_prediction`` our model also has megatron's pooler (dense +
 tanh on the first token) and binary head; both map one to one to HF's ``bert.pooler`` and
 ``cls.seq_relationship`` (label 0 = B continues A, 1 = random B on both sides), so such a
 model exports as ``MegatronBertForPreTraining`` (which ``AutoModelForMaskedLM`` also
@@ -87,7 +87,7 @@ def unsupported(cfg: Config) -> str | None:
 def auto_class(config) -> str:
     """The transformers Auto class of a model with ``config`` (ours or a MegatronBertConfig)."""
     if isinstance(config, Config):
-        return CLASSES["MegatronBertForPreTraining" if config.objective.next_sentence_prediction
+        return CLASSES["MegatronBertForPreTraining" if config.task.next_sentence_prediction
                        else "MegatronBertForMaskedLM"]
     archs = list(config.architectures or [])
     if len(archs) != 1 or archs[0] not in CLASSES:
@@ -164,7 +164,7 @@ def to_hf(weights: dict[str, torch.Tensor], cfg: Config, vocab: int) -> dict[str
 def from_hf(state: dict[str, torch.Tensor], hf, cfg: Config) -> dict[str, torch.Tensor]:
     """A MegatronBertForMaskedLM / ForPreTraining state dict -> our global weights."""
     out = encoder_from_hf(state, cfg)
-    heads = MLM_MAP + (NSP_MAP if cfg.objective.next_sentence_prediction else [])
+    heads = MLM_MAP + (NSP_MAP if cfg.task.next_sentence_prediction else [])
     out.update({ours: state[theirs] for ours, theirs in heads})
     out["output_layer.bias"] = state["cls.predictions.bias"]
     return {k: v.contiguous() for k, v in out.items()}
@@ -195,19 +195,19 @@ def model_keys(hf) -> dict:
 
 def config_sections(hf) -> dict:
     """Config sections besides ``model`` that the HF class implies: the NSP head."""
-    return {"objective": {"next_sentence_prediction": auto_class(hf) == CLASSES["MegatronBertForPreTraining"]}}
+    return {"task": {"next_sentence_prediction": auto_class(hf) == CLASSES["MegatronBertForPreTraining"]}}
 
 
 # --------------------------------------------------------------------------- the logit check
 
 
 def check_inputs(tokenizer, vocab: int, cfg: Config, count: int = 4) -> dict[str, torch.Tensor]:
-    """``count`` masked BERT examples as training builds them (``objective.mlm.bert_example``:
+    """``count`` masked BERT examples as training builds them (``objectives.mlm.bert_example``:
     [CLS] A [SEP] B [SEP] with token types 0 and 1, 15% of positions chosen 80/10/10) from real
     English (``verify.TEXTS``), or seeded random ids without a tokenizer. Always sentence pairs,
     also for a model trained without NSP: both token-type rows are exported and checked. Every
     other example is shortened so that it ends in padding: the attention mask is checked too."""
-    from dist_pretrain.families.bert import BERT_SPECIALS
+    from dist_pretrain.tasks.masked_lm import BERT_SPECIALS
     from dist_pretrain.interop.verify import TEXTS
     from dist_pretrain.objectives.mlm import MLMConfig, bert_example
 

@@ -58,7 +58,7 @@ CASES = {
     "Llama-style": (CONFIGS / "gpt" / "tiny.yaml", LLAMA_STYLE),
     # megatron-core BertModel as MegatronBertForPreTraining: MLM + NSP (pooler, binary head, token
     # types), padded examples, ZeRO-2
-    "BERT": (CONFIGS / "bert" / "tiny.yaml", ["objective.next_sentence_prediction=true", "parallel.zero_stage=2"]),
+    "BERT": (CONFIGS / "bert" / "tiny.yaml", ["task.next_sentence_prediction=true", "parallel.zero_stage=2"]),
     # MLM only, as MegatronBertForMaskedLM (the tool runs it; the suite keeps the case above)
     "BERT MLM-only": (CONFIGS / "bert" / "tiny.yaml", []),
 }
