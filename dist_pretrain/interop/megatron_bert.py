@@ -207,9 +207,9 @@ def check_inputs(tokenizer, vocab: int, cfg: Config, count: int = 4) -> dict[str
     English (``verify.TEXTS``), or seeded random ids without a tokenizer. Always sentence pairs,
     also for a model trained without NSP: both token-type rows are exported and checked. Every
     other example is shortened so that it ends in padding: the attention mask is checked too."""
-    from dist_pretrain.tasks.masked_lm import BERT_SPECIALS
     from dist_pretrain.interop.verify import TEXTS
     from dist_pretrain.objectives.mlm import MLMConfig, bert_example
+    from dist_pretrain.tasks.masked_lm import BERT_SPECIALS
 
     length, rng = cfg.model.seq_length, np.random.default_rng(cfg.seed)
     mlm = MLMConfig(mask_prob=0.15, nsp=True)
