@@ -74,6 +74,8 @@ def unsupported(cfg: Config) -> str | None:
     m = cfg.model
     if cfg.family != "bert":
         return f"family {cfg.family} is not a BERT"
+    if cfg.task.name != "masked_lm":  # a fine-tuned head maps with encoder_to_hf plus its own head map
+        return f"task.name={cfg.task.name}: only the pretraining heads (masked LM, NSP) are mapped here"
     if m.activation != "gelu":
         return (f"MegatronBert has one hidden_act for the MLP and the MLM head, whose megatron GELU is erf "
                 f"(model.activation=gelu, not {m.activation})")
