@@ -26,9 +26,10 @@ import yaml
 from dist_pretrain.config import Config, padded_vocab_size
 from dist_pretrain.interop.hf_export import hf_auto_class
 from dist_pretrain.interop.layout import pad_rows
-from dist_pretrain.interop.verify import compare_logits, token_sequences
+from dist_pretrain.interop.verify import compare_logits, seq2seq_sequences, token_sequences
 
-VOCAB_TABLES = ("embedding.word_embeddings.weight", "output_layer.weight", "output_layer.bias")
+VOCAB_TABLES = ("embedding.word_embeddings.weight", "output_layer.weight", "output_layer.bias",
+                "lm_head.output_layer.weight")
 
 
 class HFImportError(RuntimeError):
@@ -36,9 +37,9 @@ class HFImportError(RuntimeError):
 
 
 def architecture_for_hf(model_type: str):
-    from dist_pretrain.interop import gpt2, llama, megatron_bert
+    from dist_pretrain.interop import gpt2, llama, megatron_bert, t5
 
-    known = {arch.model_type: arch for arch in (gpt2, llama, megatron_bert)}
+    known = {arch.model_type: arch for arch in (gpt2, llama, megatron_bert, t5)}
     if model_type == "bert":
         raise HFImportError("HF model_type 'bert' (BertForMaskedLM) is post-LN (a LayerNorm after each residual "
                             "sum and on the embeddings); megatron-core's BertModel is pre-LN and cannot represent "
@@ -90,7 +91,11 @@ def import_hf(hf_dir: str | Path, output: str | Path, tolerance: float = 1e-3) -
     except ValueError as err:
         raise HFImportError(f"{hf_dir}: {err}") from None
     model = getattr(transformers, auto).from_pretrained(hf_dir, dtype=torch.float32)
-    cfg = Config.model_validate({"family": getattr(arch, "family", "gpt"), "model": keys, **sections})
+    family = getattr(arch, "family", "gpt" if arch.model_type in ("gpt2", "llama") else arch.model_type)
+    cfg = Config.model_validate({"family": family, "model": keys, **sections})
+    reason = arch.unsupported(cfg)
+    if reason:
+        raise HFImportError(f"{hf_dir}: {reason}")
     vocab = keys["vocab_size"]
     rows = padded_vocab_size(cfg, vocab)
     weights = arch.from_hf(model.state_dict(), hf_cfg, cfg)
@@ -103,6 +108,8 @@ def import_hf(hf_dir: str | Path, output: str | Path, tolerance: float = 1e-3) -
         short = cfg.model_copy(update={"model": cfg.model.model_copy(
             update={"seq_length": min(cfg.model.seq_length, 64)})})
         ids = arch.check_inputs(tokenizer, vocab, short, 4)
+    elif cfg.family == "t5":
+        ids = seq2seq_sequences(tokenizer, vocab, 64, 16, 4, cfg.seed, hf_cfg.decoder_start_token_id or 0)
     else:
         ids = token_sequences(tokenizer, vocab, min(cfg.model.seq_length, 64), 4, cfg.seed)
     result = compare_logits(arch, chunks[0], model, ids, cfg)
@@ -112,8 +119,10 @@ def import_hf(hf_dir: str | Path, output: str | Path, tolerance: float = 1e-3) -
     tmp = output.with_name(output.name + ".tmp-import")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
+        special = {role: getattr(hf_cfg, f"{role}_token_id", None) for role in ("pad", "eos", "decoder_start")}
         write_weights_checkpoint(chunks, cfg, tmp, {"hf": {"model_type": hf_cfg.model_type, "vocab_size": vocab,
-                                                           "source": str(hf_dir)}}, sections)
+                                                           "source": str(hf_dir), "special_ids": special}},
+                                 sections)
         if tokenizer is not None:
             shutil.copy(hf_dir / "tokenizer.json", tmp / "tokenizer.json")
         if output.exists():

@@ -51,6 +51,11 @@ COMMON = ["parallel.zero_stage=1", "train.steps=1", "train.warmup_steps=0", "tra
 LLAMA_STYLE = ["model.position_embedding=rope", "model.normalization=rmsnorm", "model.activation=swiglu",
                "model.bias=false", "model.num_query_groups=2", "model.ffn_hidden_size=96",
                "model.tie_embeddings=false", "train.grad_clip=0.5"]  # its first grad norm is ~0.9: clip it
+# the tiny T5 as T5ForConditionalGeneration (configs/t5/v1.1-style.yaml's options): relative position bias,
+# unscaled logits, RMSNorm, no biases, gated tanh-GELU, untied head; encoder on stage 0, decoder on stage 1
+T5_V11 = ["model.position_embedding=relative", "model.softmax_scale=1.0", "model.normalization=rmsnorm",
+          "model.bias=false", "model.activation=geglu_tanh", "model.tie_embeddings=false", "model.ffn_hidden_size=96",
+          "model.layernorm_epsilon=1e-6"]
 # name -> (config, overrides)
 CASES = {
     "GPT-2-style": (CONFIGS / "gpt" / "tiny.yaml", ["model.tie_embeddings=false"]),
@@ -61,6 +66,7 @@ CASES = {
     "BERT": (CONFIGS / "bert" / "tiny.yaml", ["task.next_sentence_prediction=true", "parallel.zero_stage=2"]),
     # MLM only, as MegatronBertForMaskedLM (the tool runs it; the suite keeps the case above)
     "BERT MLM-only": (CONFIGS / "bert" / "tiny.yaml", []),
+    "T5 v1.1": (CONFIGS / "t5" / "tiny.yaml", T5_V11),
 }
 
 
@@ -118,6 +124,13 @@ def hf_loss(model, batch: dict, family: str) -> tuple[torch.Tensor, dict]:
             b = float(batch["nsp_label"].numel())
             loss, logged["nsp loss"] = loss + nsp_loss, (nsp_loss.detach() * b, b)
         return loss, logged
+    if family == "t5":  # a span-corruption batch: padded encoder input and targets
+        logits = model(input_ids=batch["enc_tokens"], attention_mask=batch["enc_mask"],
+                       decoder_input_ids=batch["dec_input"], decoder_attention_mask=batch["dec_mask"]).logits
+        per_token = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(),
+                                                      reduction="none")
+        total, n = (per_token * batch["loss_mask"].flatten()).sum(), float(batch["loss_mask"].sum())
+        return total / max(n, 1.0), {"loss": (total.detach(), n)}
     raise NotImplementedError(f"oracle for family={family} is not implemented yet")
 
 
