@@ -86,21 +86,26 @@ class CausalLM:
 
 
 def agree_tokens(tokens: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
-    """``tokens`` [batch] as chosen on the first rank of the last pipeline stage, on every rank
-    (the others pass None): one choice, so a sampled token cannot differ between ranks."""
-    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+    """``tokens`` [batch] as chosen on the first TP rank of this replica's last pipeline stage, on
+    every rank of the replica (the others pass None): one choice, so a sampled token cannot
+    differ between ranks. Data-parallel replicas (``evaluate``) choose independently."""
+    if not torch.distributed.is_initialized():
+        return tokens
+    group = parallel_state.get_model_parallel_group()
+    if torch.distributed.get_world_size(group) == 1:
         return tokens
     if tokens is None:
         tokens = torch.empty(batch, dtype=torch.long, device=device)
-    torch.distributed.broadcast(tokens, src=chooser_rank())
+    torch.distributed.broadcast(tokens, src=chooser_rank(), group=group)
     return tokens
 
 
 def chooser_rank() -> int:
-    """Global rank of the last pipeline stage's first TP rank of data-parallel replica 0."""
+    """Global rank of the last pipeline stage's first TP rank in this model replica."""
+    ranks = sorted(torch.distributed.get_process_group_ranks(parallel_state.get_model_parallel_group()))
+    # megatron orders ranks tp-dp-pp (TP fastest): within a replica, stage by stage, TP rank 0 first
     last_stage = parallel_state.get_pipeline_model_parallel_world_size() - 1
-    # megatron orders ranks tp-dp-pp (TP fastest): replica 0, TP rank 0 of the last stage
-    return last_stage * (torch.distributed.get_world_size() // parallel_state.get_pipeline_model_parallel_world_size())
+    return ranks[last_stage * parallel_state.get_tensor_model_parallel_world_size()]
 
 
 def checkpoint_tokenizer(cfg: Config, directory: Path, name: str | None = None):
