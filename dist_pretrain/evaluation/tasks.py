@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dist_pretrain.inference.model import InferenceError
+from dist_pretrain.errors import InferenceError
 
 KINDS = {"multiple_choice": ("query", "choices", "gold"), "lm": ("context", "continuation"),
          "generate": ("context", "answer")}

@@ -23,11 +23,7 @@ from megatron.core import parallel_state
 from megatron.core.inference.contexts import StaticInferenceContext
 
 from dist_pretrain.config import Config
-from dist_pretrain.errors import UserError
-
-
-class InferenceError(UserError, ValueError):
-    """A model, tokenizer or request that inference cannot serve (the message says which value)."""
+from dist_pretrain.errors import InferenceError, UserError
 
 
 @dataclass
@@ -44,6 +40,7 @@ class CausalLM:
     # and the export have them, or the original vocab of an imported model (its export drops the
     # zero rows the import padded with)
     softmax_rows: int | None = None
+    hidden_dtype: torch.dtype = torch.float32  # what pipeline stages pass on (bf16 in a bf16 training run)
 
     @property
     def max_positions(self) -> int:
@@ -69,7 +66,7 @@ class CausalLM:
         # megatron's convention: True = masked; the causal part is added by the core attention
         mask = ~keep[:, None, None, :]
         if not parallel_state.is_pipeline_first_stage():
-            hidden = torch.empty(s, b, self.cfg.model.hidden_size, dtype=torch.float32, device=self.device)
+            hidden = torch.empty(s, b, self.cfg.model.hidden_size, dtype=self.hidden_dtype, device=self.device)
             torch.distributed.recv(hidden, src=parallel_state.get_pipeline_model_parallel_prev_rank())
             self.chunk.set_input_tensor(hidden)
         out = self.chunk(ids, positions, mask, inference_context=cache, runtime_gather_output=True)
