@@ -170,3 +170,25 @@ def test_data_parallel_evaluate_under_torchrun_equals_one_process(random_gpt2, t
             {k: v for k, v in b.items() if k not in ("value", "ci95")}
         assert b["value"] == pytest.approx(a["value"], rel=1e-6), (a, b)
     assert two.stdout.count("| task | shots |") == 1
+
+
+def test_quiz_tasks_from_bsdgames():
+    """Debian's bsdgames quiz files (installed by .ci/run): patterns resolved to one canonical
+    spelling plus every accepted one; multiple choice with distractors of the same section."""
+    from dist_pretrain.evaluation.quiz import canonical, spellings
+    from dist_pretrain.evaluation.tasks import load_task
+
+    assert canonical("Bras['i|i'|i]lia") == "Brasilia" and canonical("Central Africa{n Rep{ublic}}") == \
+        "Central African Republic"
+    assert spellings("Vienna|Wien") == ["Vienna", "Wien"] and spellings("{The }Gambia") == ["The Gambia", "Gambia"]
+    assert "Port-au-Prince" in spellings("Port[-| ]au[-| ]Prince")
+    gen, mc = load_task("quiz"), load_task("quiz-mc")
+    assert len(gen.test) == len(mc.test) == 374  # 271 capitals, 103 elements
+    assert {"context": "Q: What is the capital of Austria?\nA:", "answer": ["Vienna", "Wien"]} in gen.test
+    assert {"context": "Q: Which chemical element has the symbol Fe?\nA:", "answer": ["Iron"]} in gen.test
+    for row in mc.test:
+        assert len(set(row["choices"])) == 4 and 0 <= row["gold"] < 4
+    iron = next(r for r in mc.test if "symbol Fe?" in r["query"])
+    elements = {r["answer"][0] for r in gen.test if "chemical element" in r["context"]}
+    assert iron["choices"][iron["gold"]] == "Iron" and set(iron["choices"]) <= elements  # distractors: elements
+    assert build_context(gen, 0, 1, 5).count("\nA: ") == 1  # a demonstration shows its first accepted answer

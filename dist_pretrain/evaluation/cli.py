@@ -43,7 +43,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="dist-pretrain evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("src", help="run directory (newest checkpoint), checkpoint directory or imported model")
     parser.add_argument("--task", action="append", required=True,
-                        help="built-in task (lambada-demo, analogies, polarity) or a JSONL file; repeatable")
+                        help="built-in task (lambada-demo, analogies, polarity, quiz, quiz-mc) or a JSONL file; repeatable")
     parser.add_argument("--shots", default="0", help="comma-separated shot counts (default 0)")
     parser.add_argument("--limit", type=int, help="at most this many items per task")
     parser.add_argument("--seed", type=int, default=1234, help="seed of the demonstration draws")

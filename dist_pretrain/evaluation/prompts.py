@@ -22,7 +22,14 @@ def question(task: Task, row: dict) -> str:
 def answer(task: Task, row: dict) -> str:
     if task.kind == "multiple_choice":
         return row["choices"][row["gold"]]
-    return row["continuation"] if task.kind == "lm" else row["answer"]
+    if task.kind == "lm":
+        return row["continuation"]
+    return accepted_answers(row)[0]
+
+
+def accepted_answers(row: dict) -> list[str]:
+    """A generative row's answers: ``answer`` as a string, or a list of accepted ones."""
+    return [row["answer"]] if isinstance(row["answer"], str) else list(row["answer"])
 
 
 def join_target(task: Task, text: str, target: str) -> str:

@@ -7,7 +7,7 @@
   exp(-mean over items of the continuation's log-likelihood), as lm-evaluation-harness
   reports LAMBADA.
 * generate: greedy decoding until a stop string, EOS or ``max_new_tokens``; ``exact_match`` after whitespace
-  normalisation (ends stripped, inner runs of whitespace one space).
+  normalisation (ends stripped, inner runs of whitespace one space) with any accepted answer.
 
 Every metric comes with ``n`` and a 95% interval: Wilson's for proportions, and for
 perplexity the normal interval of the mean log-likelihood mapped through exp.
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from dist_pretrain.evaluation.prompts import answer, build_context, join_target
+from dist_pretrain.evaluation.prompts import accepted_answers, answer, build_context, join_target
 from dist_pretrain.evaluation.scoring import score_requests
 from dist_pretrain.evaluation.tasks import Task
 from dist_pretrain.inference.model import CausalLM
@@ -91,7 +91,7 @@ def item_records(lm: CausalLM, task: Task, shots: int, items: Sequence[int], see
     for start in range(0, len(contexts), batch_size):
         done += generate(lm, contexts[start:start + batch_size], task.max_new_tokens, SamplingParams(greedy=True),
                          stop=task.stop)
-    return [{"exact_match": normalise(c.completion) == normalise(rows[i]["answer"]),
+    return [{"exact_match": normalise(c.completion) in {normalise(a) for a in accepted_answers(rows[i])},
              "truncated": c.truncated_prompt_tokens > 0} for c, i in zip(done, items)]
 
 
