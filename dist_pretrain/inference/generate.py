@@ -13,11 +13,13 @@ the cache is tested against). A row stops at EOS, at a stop string, or after
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+from dist_pretrain import cpu_compat
 from dist_pretrain.inference.model import CausalLM, InferenceError
 from dist_pretrain.inference.sampling import SamplingParams, next_tokens
 
@@ -88,8 +90,10 @@ def generate(lm, prompts: Sequence[str], max_new_tokens: int = 32, sampling: Sam
            for p, e, d in zip(prompts, encoded, dropped)]
     running = [True] * b
     step_ids, step_pos = ids, positions
-    for _ in range(max_new_tokens):
-        logits = lm.forward(step_ids, step_pos, keep, cache)
+    for step in range(max_new_tokens):
+        # the steps after the prefill allocate nothing (the cache exists): no CUDA -> CPU redirects
+        with cpu_compat.suspended() if step and kv_cache else contextlib.nullcontext():
+            logits = lm.forward(step_ids, step_pos, keep, cache)
         chosen = next_tokens(logits[:, -1, :], lm.vocab_size, sampling, generator) if logits is not None else None
         chosen = lm.agree(chosen, b)
         for row, token in enumerate(chosen.tolist()):

@@ -64,7 +64,7 @@ class CausalLM:
         position) and the cache advances by ``s``; without, every position's logits."""
         b, s = ids.shape
         # megatron's convention: True = masked; the causal part is added by the core attention
-        mask = ~keep[:, None, None, :]
+        mask = None if bool(keep.all()) else ~keep[:, None, None, :]  # no padding: SDPA's unmasked kernels
         if not parallel_state.is_pipeline_first_stage():
             hidden = torch.empty(s, b, self.cfg.model.hidden_size, dtype=self.hidden_dtype, device=self.device)
             torch.distributed.recv(hidden, src=parallel_state.get_pipeline_model_parallel_prev_rank())
