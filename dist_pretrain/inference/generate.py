@@ -90,9 +90,11 @@ def generate(lm, prompts: Sequence[str], max_new_tokens: int = 32, sampling: Sam
            for p, e, d in zip(prompts, encoded, dropped)]
     running = [True] * b
     step_ids, step_pos = ids, positions
+    # one process: the steps after the prefill allocate nothing (the cache exists), so they run
+    # without the CUDA -> CPU redirects (TP / PP communication buffers still need them)
+    alone = not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1
     for step in range(max_new_tokens):
-        # the steps after the prefill allocate nothing (the cache exists): no CUDA -> CPU redirects
-        with cpu_compat.suspended() if step and kv_cache else contextlib.nullcontext():
+        with cpu_compat.suspended() if step and kv_cache and alone else contextlib.nullcontext():
             logits = lm.forward(step_ids, step_pos, keep, cache)
         chosen = next_tokens(logits[:, -1, :], lm.vocab_size, sampling, generator) if logits is not None else None
         chosen = lm.agree(chosen, b)
