@@ -26,12 +26,21 @@ class ModelConfig(_Section):
     ffn_hidden_size: Optional[int] = Field(None, ge=1, description="default 4 * hidden_size")
     seq_length: int = Field(128, ge=2)
     max_position_embeddings: Optional[int] = Field(None, ge=1, description="default seq_length")
-    position_embedding: Literal["learned", "rope"] = "learned"
+    position_embedding: Literal["learned", "rope", "relative"] = Field(
+        "learned", description="learned absolute, rope (GPT), or relative: T5's bucketed position bias added to "
+                               "the attention logits, one table per encoder / decoder stack")
     rotary_base: int = Field(10000, ge=1)
+    relative_attention_num_buckets: int = Field(32, ge=2, description="T5 relative bias buckets (half exact, half "
+                                                                     "logarithmic)")
+    relative_attention_max_distance: int = Field(128, ge=2, description="T5 relative bias: distances from here on "
+                                                                       "share the last bucket")
+    softmax_scale: Optional[float] = Field(None, gt=0.0, description="scale of the attention logits q.k; default "
+                                           "1/sqrt(head_dim); T5 uses 1.0 (its init scales the queries instead)")
     normalization: Literal["layernorm", "rmsnorm"] = "layernorm"
-    activation: Literal["gelu", "gelu_tanh", "relu", "swiglu", "geglu"] = Field(
+    activation: Literal["gelu", "gelu_tanh", "relu", "swiglu", "geglu", "geglu_tanh"] = Field(
         "gelu", description="MLP activation: gelu (erf), gelu_tanh (GPT-2's approximation), relu; gated: "
-                            "swiglu (silu(gate) * up, Llama), geglu (gelu(gate) * up)")
+                            "swiglu (silu(gate) * up, Llama), geglu (gelu(gate) * up), geglu_tanh (the tanh "
+                            "approximation: T5 v1.1's gated-gelu)")
     bias: bool = Field(True, description="biases in the linear layers")
     num_query_groups: Optional[int] = Field(None, ge=1, description="key/value heads (GQA); default: one per "
                                                                    "attention head")

@@ -67,6 +67,16 @@ def config_problems(cfg: Config, world_size: int, vocab_size: Optional[int] = No
         err(f"model.num_query_groups={groups} is not divisible by parallel.tensor={tp}")
     if m.ffn % tp:
         err(f"model.ffn_hidden_size={m.ffn} is not divisible by parallel.tensor={tp}")
+    if m.position_embedding == "relative" and cfg.family != "t5":
+        err(f"model.position_embedding=relative is T5's relative position bias; family={cfg.family} takes "
+            "learned or rope")
+    if m.position_embedding == "rope" and cfg.family == "t5":
+        err("model.position_embedding=rope: family=t5 takes learned (absolute) or relative (T5's bias)")
+    exact = m.relative_attention_num_buckets // 2  # the decoder's exact-distance buckets
+    if m.position_embedding == "relative" and m.relative_attention_max_distance <= exact:
+        err(f"model.relative_attention_max_distance={m.relative_attention_max_distance} must exceed the exact "
+            f"buckets, model.relative_attention_num_buckets={m.relative_attention_num_buckets} // 2 = {exact} "
+            f"(the logarithmic buckets span the distances in between); use at least {exact + 1}")
     if m.seq_length > m.max_positions:
         err(f"model.seq_length={m.seq_length} exceeds model.max_position_embeddings={m.max_positions}")
     chunks = pp * (vpp or 1)

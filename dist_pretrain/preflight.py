@@ -41,7 +41,7 @@ from dist_pretrain.errors import EXIT_USER_ERROR, ConfigError, UserError, report
 
 # model keys whose change makes a checkpoint's tensors the wrong shape
 SHAPE_KEYS = ["num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "encoder_num_layers",
-              "position_embedding", "max_position_embeddings", "tie_embeddings", "vocab_size",
+              "position_embedding", "relative_attention_num_buckets", "max_position_embeddings", "tie_embeddings", "vocab_size",
               "make_vocab_size_divisible_by"]
 
 

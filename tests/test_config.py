@@ -199,6 +199,23 @@ BAD = [
         id="rope-odd-head-dim",
     ),
     pytest.param(
+        ["model.position_embedding=relative"], 1, None,
+        ["model.position_embedding=relative is T5's relative position bias", "family=gpt takes learned or rope"],
+        id="relative-bias-outside-t5",
+    ),
+    pytest.param(
+        ["family=t5", "model.position_embedding=rope"], 1, None,
+        ["model.position_embedding=rope", "family=t5 takes learned (absolute) or relative"],
+        id="rope-for-t5",
+    ),
+    pytest.param(
+        ["family=t5", "model.position_embedding=relative", "model.relative_attention_num_buckets=64",
+         "model.relative_attention_max_distance=16"], 1, None,
+        ["model.relative_attention_max_distance=16 must exceed", "relative_attention_num_buckets=64 // 2 = 32",
+         "use at least 33"],
+        id="relative-max-distance-below-exact-buckets",
+    ),
+    pytest.param(
         ["deepspeed.config=ds.json", "parallel.zero_stage=0"], 1, None,
         ["deepspeed.config", "parallel.zero_stage=0", "set zero_stage >= 1"],
         id="deepspeed-json-with-zero0",

@@ -53,6 +53,34 @@ def _uneven(config: TransformerConfig, num_layers: int, first: int, last: int) -
     return out
 
 
+class StagedT5Model(T5Model):
+    """megatron-core's ``T5Model`` on our encoder stage / decoder stage pipeline split.
+
+    With relative position bias megatron's forward builds the encoder's bias on every stage,
+    reading the encoder block even where this stage has none (the decoder stage): there the
+    encoder's output arrives as the pipeline input (``set_input_tensor``) and is passed on as
+    ``encoder_hidden_states``, so the encoder path (its embedding and bias) is skipped. Each
+    stage keeps only its own stack's bias table, so no parameter sits unused and untrained
+    on a stage (it would be saved twice with different values).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.position_embedding_type == "relative":
+            if not self.add_encoder:
+                self.encoder_relative_pos_emb = None
+            if not self.add_decoder:
+                self.decoder_relative_pos_emb = None
+
+    def forward(self, encoder_input_ids, decoder_input_ids, encoder_attn_mask, decoder_attn_mask,
+                encoder_decoder_attn_mask, lm_labels=None, encoder_hidden_states=None, **kwargs):
+        if encoder_hidden_states is None and not self.add_encoder:
+            encoder_hidden_states = self.encoder_hidden_state
+        return super().forward(encoder_input_ids, decoder_input_ids, encoder_attn_mask, decoder_attn_mask,
+                               encoder_decoder_attn_mask, lm_labels=lm_labels,
+                               encoder_hidden_states=encoder_hidden_states, **kwargs)
+
+
 def decoder_length(cfg: Config) -> int:
     return cfg.model.decoder_seq_length or max(2, cfg.model.seq_length // 4)
 
@@ -85,7 +113,8 @@ class T5Family:
         decoder_config = _uneven(tconfig, dec_layers, first=0, last=dec_layers)
         stage = parallel_state.get_pipeline_model_parallel_rank() if cfg.parallel.pipeline > 1 else None
         encoder_spec, decoder_spec = t5_layer_specs()
-        model = T5Model(
+        m = cfg.model
+        model = StagedT5Model(
             config=decoder_config, encoder_config=encoder_config,
             transformer_encoder_layer_spec=encoder_spec, transformer_decoder_layer_spec=decoder_spec,
             vocab_size=vocab_size,
@@ -93,8 +122,10 @@ class T5Family:
             pre_process=True if stage is not None else pre_process,
             post_process=post_process,
             add_encoder=stage in (None, 0), add_decoder=stage in (None, 1),
-            share_embeddings_and_output_weights=True, parallel_output=True,
-            position_embedding_type="learned_absolute",
+            share_embeddings_and_output_weights=m.tie_embeddings, parallel_output=True,
+            position_embedding_type="relative" if m.position_embedding == "relative" else "learned_absolute",
+            relative_attention_num_buckets=m.relative_attention_num_buckets,
+            relative_attention_max_distance=m.relative_attention_max_distance,
         )
         if stage == 0:  # the encoder ends here: it needs its final norm on this stage
             block = model.encoder
@@ -108,7 +139,7 @@ class T5Family:
         return {"embedding.word_embeddings.weight", "embedding.position_embeddings.weight"}
 
     def tied_parameter_names(self, cfg: Config) -> dict[str, str]:
-        return {"lm_head.output_layer.weight": "embedding.word_embeddings.weight"}
+        return {"lm_head.output_layer.weight": "embedding.word_embeddings.weight"} if cfg.model.tie_embeddings else {}
 
     def forward_step(self, data_iterator: Iterator[dict], model) -> tuple[Any, Any]:
         b = next(data_iterator)
