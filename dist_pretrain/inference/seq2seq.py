@@ -159,7 +159,8 @@ def decoder_step(model: torch.nn.Module, tokens: torch.Tensor, cache: DecoderCac
     cache.length += 1
     if model.decoder.final_layernorm is not None:
         hidden = model.decoder.final_layernorm(hidden)
-    logits = model.lm_head(hidden, word_embeddings_weight=model.shared_embedding_or_output_weight())
+    tied = model.shared_embedding_or_output_weight() if model.share_embeddings_and_output_weights else None
+    logits = model.lm_head(hidden, word_embeddings_weight=tied)
     return full_vocab(logits)[0]
 
 
