@@ -20,7 +20,13 @@ from collections.abc import Sequence
 
 import torch
 
-from dist_pretrain.evaluation.prompts import accepted_answers, answer, build_context, join_target
+from dist_pretrain.evaluation.prompts import (
+    accepted_answers,
+    answer,
+    build_context,
+    demonstration_plan,
+    join_target,
+)
 from dist_pretrain.evaluation.scoring import score_requests
 from dist_pretrain.evaluation.tasks import Task
 from dist_pretrain.inference.model import CausalLM
@@ -61,7 +67,8 @@ def item_records(lm: CausalLM, task: Task, shots: int, items: Sequence[int], see
     """Per-item outcomes (``acc``, ``acc_norm``, ``loglik``, ``exact_match``, ``truncated``, as
     the task kind has them) for the test items ``items``; None on ranks without logits (not the
     last pipeline stage). Every rank of one model replica calls this together."""
-    contexts = [build_context(task, i, shots, seed) for i in items]
+    plan = demonstration_plan(task, shots, seed, max(items, default=-1) + 1)
+    contexts = [build_context(task, i, shots, seed, [task.pool[j] for j in plan[i]]) for i in items]
     rows = task.test
     if task.kind == "multiple_choice":
         requests = [(ctx, join_target(task, "", choice)) for ctx, i in zip(contexts, items)
