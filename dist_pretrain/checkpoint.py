@@ -408,7 +408,8 @@ def main(argv: list[str]) -> int:
         print(f"checkpoint   {directory}")
         print(f"step         {meta.get('step')}   (data stream at global step {meta.get('data', {}).get('step')})")
         print(f"tokens       {tokens:,} (step x global batch x seq length)")
-        print(f"family       {cfg.get('family')}   layout at save: {meta.get('layout')}")
+        arch = cfg.get("model", {}).get("arch", cfg.get("family"))  # family: saved before the task split
+        print(f"arch, task   {arch}, {cfg.get('task', {}).get('name', '-')}   layout at save: {meta.get('layout')}")
         print(f"code         {meta.get('code_version')}")
         print(f"files        {len(files)}, {sum(p.stat().st_size for p in files) / 2**20:.1f} MiB")
         print(f"checksums    {'ok' if problem is None else 'BAD: ' + problem}")

@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from dist_pretrain.errors import ConfigError
 
@@ -19,7 +26,19 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# architecture -> the tasks it can be trained on; the first is its pretraining task (the default)
+TASKS_OF_ARCH = {
+    "gpt": ("causal_lm",),
+    "bert": ("masked_lm",),
+    "t5": ("span_corruption",),
+}
+# task -> the `dist-pretrain preprocess --format` its data is made with
+DATA_FORMAT_OF_TASK = {"causal_lm": "lm", "masked_lm": "docs", "span_corruption": "docs"}
+
+
 class ModelConfig(_Section):
+    arch: Literal["gpt", "bert", "t5"] = Field("gpt", description="architecture: gpt (decoder), bert (encoder), "
+                                                                 "t5 (encoder-decoder)")
     num_layers: int = Field(2, ge=1)
     hidden_size: int = Field(128, ge=1)
     num_attention_heads: int = Field(4, ge=1)
@@ -150,9 +169,16 @@ class CheckpointConfig(_Section):
     init_allow_unexpected: list[str] = Field([], description="patterns of init_from weights the model lacks")
 
 
-class ObjectiveConfig(_Section):
-    """BERT masked LM and T5 span corruption settings (GPT's causal LM has none)."""
+class TaskConfig(_Section):
+    """What the architecture is trained to do, and that task's settings.
 
+    ``name`` defaults to the architecture's pretraining task (``TASKS_OF_ARCH``). Masked LM
+    (BERT) and span corruption (T5) have settings; causal LM (GPT) has none.
+    """
+
+    name: Literal["causal_lm", "masked_lm", "span_corruption"] = Field(
+        "causal_lm", description="causal_lm (gpt), masked_lm (bert), span_corruption (t5); default: "
+                                 "the architecture's pretraining task")
     mask_prob: float = Field(0.15, gt=0.0, lt=1.0)
     whole_word_masking: bool = False
     next_sentence_prediction: bool = Field(False, description="BERT binary head; off as in RoBERTa")
@@ -194,7 +220,6 @@ class DeepSpeedConfig(_Section):
 
 
 class Config(_Section):
-    family: Literal["gpt", "bert", "t5"] = "gpt"
     seed: int = 1234
     run_dir: str = "runs/default"
     model: ModelConfig = ModelConfig()
@@ -203,9 +228,42 @@ class Config(_Section):
     data: DataConfig = DataConfig()
     monitor: MonitorConfig = MonitorConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
-    objective: ObjectiveConfig = ObjectiveConfig()
+    task: TaskConfig = TaskConfig()
     eval: EvalConfig = EvalConfig()
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_family(cls, tree: Any) -> Any:
+        """Configs (and checkpoints) written before architecture and task were separate:
+        ``family: X`` is ``model.arch: X`` with X's pretraining task, and the ``objective``
+        section is now ``task``. The task defaults to the architecture's pretraining task."""
+        if not isinstance(tree, dict):
+            return tree
+        tree = dict(tree)
+        model = dict(tree.get("model") or {})
+        task = dict(tree.get("task") or {})
+        if "family" in tree:
+            family = tree.pop("family")
+            if model.get("arch", family) != family:
+                raise ValueError(f"family={family} (the old name of model.arch) and model.arch={model['arch']} "
+                                 "disagree; keep only model.arch")
+            model["arch"] = family
+        if "objective" in tree:
+            old = tree.pop("objective") or {}
+            if not isinstance(old, dict):
+                raise ValueError(f"objective={old!r} must be a section (it is now called task)")
+            task = {**old, **task}
+        arch = model.get("arch", "gpt")
+        if "name" not in task and arch in TASKS_OF_ARCH:
+            task["name"] = TASKS_OF_ARCH[arch][0]
+        tree["model"], tree["task"] = model, task
+        return tree
+
+    @property
+    def family(self) -> str:
+        """The architecture (``model.arch``), under the name it had before tasks were separate."""
+        return self.model.arch
 
 
 # --------------------------------------------------------------------------- loading
@@ -245,7 +303,9 @@ def _format_validation_error(err: ValidationError, tree: dict) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":
+        if not key:  # a whole-config rule (the family -> model.arch migration)
+            lines.append(e["msg"].removeprefix("Value error, "))
+        elif e["type"] == "extra_forbidden":
             section = Config
             for part in e["loc"][:-1]:
                 section = section.model_fields[str(part)].annotation

@@ -36,6 +36,8 @@ def validate(cfg: Config, world_size: int, vocab_size: Optional[int] = None) -> 
 
 def config_problems(cfg: Config, world_size: int, vocab_size: Optional[int] = None) -> list[str]:
     """Every cross-field problem of ``cfg`` at ``world_size`` processes, one line each."""
+    from dist_pretrain.config import TASKS_OF_ARCH
+
     m, par, tr = cfg.model, cfg.parallel, cfg.train
     tp, pp, vpp = par.tensor, par.pipeline, par.virtual_pipeline
     errors: list[str] = []
@@ -43,6 +45,13 @@ def config_problems(cfg: Config, world_size: int, vocab_size: Optional[int] = No
     def err(msg: str) -> None:
         errors.append(msg)
 
+    if cfg.task.name not in TASKS_OF_ARCH[m.arch]:
+        err(f"task.name={cfg.task.name} does not fit model.arch={m.arch}; its tasks: "
+            f"{', '.join(TASKS_OF_ARCH[m.arch])}")
+
+    tasks = TASKS_OF_ARCH[m.arch]
+    if cfg.task.name not in tasks:
+        err(f"task.name={cfg.task.name} does not fit model.arch={m.arch}; its tasks: {', '.join(tasks)}")
     if world_size % (tp * pp):
         err(
             f"world size {world_size} is not divisible by parallel.tensor={tp} x "
@@ -80,7 +89,7 @@ def config_problems(cfg: Config, world_size: int, vocab_size: Optional[int] = No
     if m.seq_length > m.max_positions:
         err(f"model.seq_length={m.seq_length} exceeds model.max_position_embeddings={m.max_positions}")
     chunks = pp * (vpp or 1)
-    if m.num_layers % chunks and cfg.family != "t5":
+    if m.num_layers % chunks and m.arch != "t5":
         err(
             f"model.num_layers={m.num_layers} is not divisible by parallel.pipeline={pp} x "
             f"parallel.virtual_pipeline={vpp or 1}; use a multiple of {chunks}"
@@ -127,8 +136,8 @@ def config_problems(cfg: Config, world_size: int, vocab_size: Optional[int] = No
             f"padded vocab {padded_vocab_size(cfg, vocab_size)} is not divisible by parallel.tensor={tp}; "
             "raise model.make_vocab_size_divisible_by"
         )
-    if cfg.family == "t5" and pp > 1 and (pp != 2 or (vpp or 1) > 1 or par.zero_stage == 0):
-        err(f"family=t5 with parallel.pipeline={pp}, parallel.virtual_pipeline={vpp}, "
+    if m.arch == "t5" and pp > 1 and (pp != 2 or (vpp or 1) > 1 or par.zero_stage == 0):
+        err(f"model.arch=t5 with parallel.pipeline={pp}, parallel.virtual_pipeline={vpp}, "
             f"parallel.zero_stage={par.zero_stage}: T5 pipelines as encoder stage + decoder stage, "
             "so use parallel.pipeline=2 without virtual pipeline, and parallel.zero_stage >= 1")
     if m.recompute == "selective":
@@ -174,8 +183,8 @@ def icl_problems(cfg: Config) -> list[str]:
         errors.append(f"eval.icl_interval={ev.icl_interval} but eval.icl_tasks is empty: add tasks, e.g. "
                       "eval.icl_tasks=[{task: polarity, shots: [0, 1]}]")
     if ev.icl_tasks and cfg.family != "gpt":
-        errors.append(f"eval.icl_tasks scores continuations with a causal LM: family={cfg.family} has none "
-                      "(use family=gpt, or remove eval.icl_tasks)")
+        errors.append(f"eval.icl_tasks scores continuations with a causal LM: model.arch={cfg.family} has none "
+                      "(use model.arch=gpt, or remove eval.icl_tasks)")
     if ev.icl_tasks and par.virtual_pipeline and par.virtual_pipeline > 1:
         errors.append(f"eval.icl_tasks runs one model chunk per stage: parallel.virtual_pipeline="
                       f"{par.virtual_pipeline} is not supported with it (unset virtual_pipeline)")

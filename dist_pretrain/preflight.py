@@ -10,7 +10,7 @@ check on every rank before its process groups exist. It covers:
   (``config_rules``), the DeepSpeed JSON;
 * the data: every manifest readable, its shards on disk (of the right size: with
   ``data.on_corrupt=fail`` a wrong size is an error, with ``skip`` a warning), datasets
-  that agree on tokenizer and sequence length, the data format of the family, and a
+  that agree on tokenizer and sequence length, the data format of the task, and a
   validation split that feeds ``train.eval_steps`` global batches;
 * the checkpoint to resume from: an explicit ``checkpoint.resume`` path that exists, is
   one checkpoint and verifies; the model shape it was saved with;
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dist_pretrain.checkpoint_files import step_dirs, verify
-from dist_pretrain.config import Config, config_problems, load_config
+from dist_pretrain.config import DATA_FORMAT_OF_TASK, Config, config_problems, load_config
 from dist_pretrain.data.manifest import (
     DataError,
     eval_steps_for,
@@ -124,11 +124,14 @@ def _check_data(cfg: Config, report: Report) -> None:
 
 
 def _check_format(cfg: Config, path: str, manifest: dict, key: str, report: Report) -> None:
-    packed = str(manifest.get("format", "")).startswith("dist_pretrain.lm")
-    if packed != (cfg.family == "gpt"):
-        wanted = "--format lm (packed sequences)" if cfg.family == "gpt" else "--format docs"
-        report.errors.append(f"family={cfg.family} needs data preprocessed with {wanted}; {key}={path} has "
-                             f"format {manifest.get('format')!r}")
+    fmt = str(manifest.get("format", ""))
+    packed = fmt.startswith("dist_pretrain.lm")
+    wanted = DATA_FORMAT_OF_TASK[cfg.task.name]
+    kind = fmt.removeprefix("dist_pretrain.").split("/")[0]
+    if kind != wanted:
+        what = "--format lm (packed sequences)" if wanted == "lm" else f"--format {wanted}"
+        report.errors.append(f"task.name={cfg.task.name} (model.arch={cfg.model.arch}) needs data preprocessed "
+                             f"with {what}; {key}={path} has format {manifest.get('format')!r}")
     elif packed and manifest["seq_len"] != cfg.model.seq_length:
         report.errors.append(f"model.seq_length={cfg.model.seq_length} but {key}={path} was preprocessed with "
                              f"--seq-len {manifest['seq_len']}; set model.seq_length={manifest['seq_len']}")
@@ -214,8 +217,9 @@ def _check_shapes(cfg: Config, path: Path, report: Report) -> None:
         saved = json.loads((path / "meta.json").read_text())["config"]
     except (OSError, ValueError, KeyError, TypeError):
         return  # verification (here or at resume) names the damage
-    if saved.get("family") != cfg.family:
-        report.errors.append(f"checkpoint {path} is a {saved.get('family')} model but family={cfg.family}; "
+    saved_arch = saved.get("model", {}).get("arch", saved.get("family"))
+    if saved_arch != cfg.model.arch:
+        report.errors.append(f"checkpoint {path} is a {saved_arch} model but model.arch={cfg.model.arch}; "
                              "use another run_dir or checkpoint.resume=none")
         return
     now = cfg.model.model_dump()
@@ -232,7 +236,8 @@ def _summary(cfg: Config, world_size: int, report: Report) -> str:
     data = "synthetic" if cfg.data.synthetic else ", ".join(p for p, _ in cfg.data.sources())
     evals = (f"{report.eval_steps} x {tr.global_batch_size} validation samples every {tr.eval_interval} steps"
              if tr.eval_interval else "no validation")
-    return (f"ok: {cfg.family} at world size {world_size}: TP {par.tensor} x PP {par.pipeline} x DP {dp}, "
+    return (f"ok: {cfg.model.arch} {cfg.task.name} at world size {world_size}: TP {par.tensor} x PP {par.pipeline} "
+            f"x DP {dp}, "
             f"ZeRO-{par.zero_stage}, {tr.steps} steps of {tr.global_batch_size} samples; data {data}; {evals}; "
             f"run_dir {cfg.run_dir}")
 

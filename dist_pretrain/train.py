@@ -1,18 +1,20 @@
-"""The training loop, one for all model families.
+"""The training loop, one for all architectures and tasks.
 
-A family (``dist_pretrain.families``) supplies the model chunks, the forward step with
-its loss and the batches; megatron-core's pipeline schedule runs the micro-batches of a
+An architecture (``dist_pretrain.models.architecture``) supplies the model chunks; a task
+(``dist_pretrain.tasks``) the batches and the forward step with its loss and metrics;
+megatron-core's pipeline schedule runs the micro-batches of a
 step (no pipelining, 1F1B or interleaved) and the engine (DeepSpeed ZeRO, or megatron's
 own DDP at ZeRO stage 0) reduces gradients and applies the AdamW update.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from megatron.core import parallel_state
@@ -23,8 +25,6 @@ from megatron.core.utils import get_model_config
 from dist_pretrain import versions
 from dist_pretrain.config import Config, deepspeed_config, padded_vocab_size
 from dist_pretrain.errors import agree
-from dist_pretrain.families import get_family
-from dist_pretrain.families.gpt import fan_out
 from dist_pretrain.faults import (
     StopSignals,
     StopTraining,
@@ -32,6 +32,7 @@ from dist_pretrain.faults import (
     fault_nan_steps,
     poisoned,
 )
+from dist_pretrain.models.architecture import get_architecture
 from dist_pretrain.models.init import init_layout_independent
 from dist_pretrain.models.megatron_config import transformer_config
 from dist_pretrain.monitor import (
@@ -47,6 +48,7 @@ from dist_pretrain.runtime import (
     seed_everything,
     world_size_from_env,
 )
+from dist_pretrain.tasks import get_task
 
 
 def learning_rate(step: int, cfg: Config) -> float:
@@ -62,21 +64,26 @@ def learning_rate(step: int, cfg: Config) -> float:
     return tr.min_lr + 0.5 * (tr.lr - tr.min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def build_model_chunks(cfg: Config, family, tconfig, vocab_size: int) -> list[torch.nn.Module]:
+def fan_out(iterator: Iterator, n: int) -> list[Iterator]:
+    """The same micro-batch stream for each of ``n`` interleaved chunks on this rank."""
+    return list(itertools.tee(iterator, n)) if n > 1 else [iterator]
+
+
+def build_model_chunks(cfg: Config, arch, tconfig, vocab_size: int) -> list[torch.nn.Module]:
     """This rank's pipeline chunks (several with a virtual pipeline), seed-only initial weights."""
     vpp = parallel_state.get_virtual_pipeline_model_parallel_world_size()
     chunks = []
     for vp_stage in range(vpp or 1):
         stage = vp_stage if vpp else None
-        chunks.append(family.build_chunk(
+        chunks.append(arch.build_chunk(
             cfg, tconfig, vocab_size,
             pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
             post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
             vp_stage=stage,
         ))
     init_layout_independent(chunks, cfg.seed, cfg.model.init_std, cfg.model.num_layers,
-                            family.tied_parameter_names(cfg))
-    mark_stage_shared(chunks, family.stage_shared_parameter_names(cfg))
+                            arch.tied_parameter_names(cfg))
+    mark_stage_shared(chunks, arch.stage_shared_parameter_names(cfg))
     if tconfig.bf16:
         chunks = [Float16Module(tconfig, c) for c in chunks]
     return chunks
@@ -161,12 +168,13 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         seed_everything(cfg.seed)
-        self.family = get_family(cfg.family)
-        self.metric_keys = self.family.metric_keys(cfg)
+        self.arch = get_architecture(cfg.model.arch)
+        self.task = get_task(cfg.task.name)
+        self.metric_keys = self.task.metric_keys(cfg)
         self.vocab_size = padded_vocab_size(cfg, vocab)
         self.tconfig = transformer_config(cfg, self.rt.on_gpu)
         self.num_microbatches = cfg.train.global_batch_size // (cfg.train.micro_batch_size * self.rt.dp)
-        chunks = build_model_chunks(cfg, self.family, self.tconfig, self.vocab_size)
+        chunks = build_model_chunks(cfg, self.arch, self.tconfig, self.vocab_size)
         self.num_chunks = len(chunks)
         resume_from = self._resume_path()
         if resume_from is None and cfg.checkpoint.init_from:
@@ -184,15 +192,15 @@ class Trainer:
                                cfg.train.log_interval)
         self.train_stream = self._batches("train")
         self.train_data = TimedIterator(to_device(self.train_stream, self.rt.device))
-        self.flops_per_step = cfg.train.global_batch_size * self.family.flops_per_sample(cfg, self.vocab_size)
-        self.tokens_per_step = cfg.train.global_batch_size * self.family.tokens_per_sample(cfg)
+        self.flops_per_step = cfg.train.global_batch_size * self.arch.flops_per_sample(cfg, self.vocab_size)
+        self.tokens_per_step = cfg.train.global_batch_size * self.arch.tokens_per_sample(cfg)
         self.peak_tflops = cfg.monitor.peak_tflops or measure_gemm_tflops(
             torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32, self.rt.device)
 
     def _batches(self, split: str):
-        return self.family.batches(self.cfg, split, self.rt.dp_rank, self.rt.dp,
-                                   self.cfg.train.micro_batch_size, self.cfg.seed, self.vocab_size,
-                                   start_step=self.start_step if split == "train" else 0)
+        return self.task.batches(self.cfg, split, self.rt.dp_rank, self.rt.dp,
+                                 self.cfg.train.micro_batch_size, self.cfg.seed, self.vocab_size,
+                                 start_step=self.start_step if split == "train" else 0)
 
     def _resume_path(self) -> Path | None:
         """The checkpoint to resume from: the newest good one in run_dir (or checkpoint.resume)."""
@@ -243,7 +251,9 @@ class Trainer:
         return int(meta["step"]), int(meta.get("skipped_steps", 0))
 
     def _load(self, path: Path) -> dict:
-        from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
+        from torch.distributed.checkpoint.api import (
+            CheckpointException,  # a BaseException
+        )
 
         from dist_pretrain import checkpoint
 
@@ -263,7 +273,7 @@ class Trainer:
 
     def _run_schedule(self, data, forward_only: bool, poison: bool = False) -> list[dict]:
         iterators = fan_out(data, self.num_chunks)
-        step_func = poisoned(self.family.forward_step) if poison else self.family.forward_step
+        step_func = poisoned(self.task.forward_step) if poison else self.task.forward_step
         return self.forward_backward(
             forward_step_func=step_func,
             data_iterator=iterators if self.num_chunks > 1 else iterators[0],
@@ -285,7 +295,7 @@ class Trainer:
         step_s = time.perf_counter() - t0
         data_wait = self.train_data.take_wait()
         values = {**{f"train/{_tag(k)}": v for k, v in metrics.items()},
-                  "train/loss": metrics[self.family.loss_key], "train/lr": lr, "train/grad_norm": grad_norm,
+                  "train/loss": metrics[self.task.loss_key], "train/lr": lr, "train/grad_norm": grad_norm,
                   "time/step_s": step_s, "time/data_wait_s": data_wait,
                   "time/data_wait_share": data_wait / step_s, "memory/peak_gb": memory_gb(self.rt.device)}
         values.update(throughput(self.tokens_per_step, self.flops_per_step, step_s,
@@ -340,7 +350,7 @@ class Trainer:
             if hasattr(batches, "close"):
                 batches.close()
         self.engine.train(True)
-        val_loss = totals.pop(self.family.loss_key)
+        val_loss = totals.pop(self.task.loss_key)
         return {"val/loss": val_loss, "val/perplexity": math.exp(min(val_loss, 50.0)),
                 **{f"val/{_tag(k)}": v for k, v in totals.items()}}
 
@@ -372,7 +382,7 @@ class Trainer:
         stop = StopSignals(cfg.checkpoint.signals, cfg.checkpoint.exit_after_minutes)
         saver = checkpoint.Checkpointer(self)
         if self.rt.is_logging_rank:
-            print(f"training {cfg.family} | TP {self.rt.tp} PP {self.rt.pp} VPP {self.rt.vpp or 1} "
+            print(f"training {cfg.model.arch} {cfg.task.name} | TP {self.rt.tp} PP {self.rt.pp} VPP {self.rt.vpp or 1} "
                   f"DP {self.rt.dp} | ZeRO-{cfg.parallel.zero_stage} | {cfg.train.precision} | "
                   f"{self.num_microbatches} micro-batches of {cfg.train.micro_batch_size} | "
                   f"{self.rt.backend} | peak {self.peak_tflops:.2f} TFLOP/s/dev", flush=True)

@@ -77,7 +77,7 @@ def test_cross_attention_different_lengths():
 
 
 def test_gpt_layer_spec_uses_sdpa():
-    from dist_pretrain.families.gpt import gpt_layer_spec
+    from dist_pretrain.models.gpt import gpt_layer_spec
 
     assert gpt_layer_spec().submodules.self_attention.submodules.core_attention is SDPAttention
 

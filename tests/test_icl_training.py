@@ -21,7 +21,7 @@ def test_icl_config_rules():
     cfg = Config.model_validate({"family": "t5", "data": {"synthetic": True}, "parallel": {"zero_stage": 3},
                                  "eval": {"icl_tasks": [{"task": "no-such-task"}]}})
     problems = "\n".join(config_problems(cfg, 1))
-    for part in ("eval.icl_interval=0", "family=t5", "ZeRO-3", "data.synthetic=true", "'no-such-task'"):
+    for part in ("eval.icl_interval=0", "model.arch=t5", "ZeRO-3", "data.synthetic=true", "'no-such-task'"):
         assert part in problems, problems
     assert Config.model_validate({"eval": {"icl_tasks": [{"task": "polarity", "shots": 1}]}}).eval.icl_tasks[0].shots == [1]
     with pytest.raises(ValueError, match="number of demonstrations >= 0"):

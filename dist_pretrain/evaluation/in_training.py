@@ -18,7 +18,7 @@ from dist_pretrain.config import Config
 class InContextEvaluator:
     def __init__(self, cfg: Config, chunks: list[torch.nn.Module], embedding_rows: int, device: torch.device):
         from dist_pretrain.evaluation.tasks import load_task
-        from dist_pretrain.families.base import tokenizer_for
+        from dist_pretrain.tasks.base import tokenizer_for
         from dist_pretrain.inference.model import CausalLM, known_vocab
 
         self.cfg = cfg

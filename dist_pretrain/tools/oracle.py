@@ -62,7 +62,6 @@ AUTO_CLASSES = {"gpt": "AutoModelForCausalLM", "bert": "AutoModelForMaskedLM", "
 def prepare(config: str, overrides: list[str], out: Path) -> None:
     """Export the seed-only initial weights and save the first step's micro-batches."""
     from dist_pretrain.config import load_config, padded_vocab_size
-    from dist_pretrain.families import get_family
     from dist_pretrain.interop.hf_export import export_model
     from dist_pretrain.models.load import (
         build_model,
@@ -79,7 +78,9 @@ def prepare(config: str, overrides: list[str], out: Path) -> None:
     chunks = build_model(cfg, vocab)
     export_model(cfg, chunks, out / "initial")
     tr = cfg.train
-    stream = get_family(cfg.family).batches(cfg, "train", 0, 1, tr.micro_batch_size, cfg.seed, vocab)
+    from dist_pretrain.tasks import get_task
+
+    stream = get_task(cfg.task.name).batches(cfg, "train", 0, 1, tr.micro_batch_size, cfg.seed, vocab)
     torch.save([next(stream) for _ in range(tr.global_batch_size // tr.micro_batch_size)], out / "batches.pt")
 
 

@@ -1,28 +1,25 @@
-"""Encoder-decoder T5: megatron-core ``T5Model`` + span corruption with sentinels."""
+"""Encoder-decoder T5 architecture: megatron-core ``T5Model`` with SDPA core attention.
+
+Pretrained with the span corruption task (``dist_pretrain.tasks.span_corruption``).
+"""
 
 from __future__ import annotations
 
 import copy
-from functools import partial
-from typing import Any, Iterator
 
-import numpy as np
 import torch
-from megatron.core import parallel_state, tensor_parallel
+from megatron.core import parallel_state
 from megatron.core.models.T5.t5_model import T5Model
-from megatron.core.models.T5.t5_spec import decoder_model_with_local_spec, encoder_model_with_local_spec
+from megatron.core.models.T5.t5_spec import (
+    decoder_model_with_local_spec,
+    encoder_model_with_local_spec,
+)
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from dist_pretrain.config import Config
-from dist_pretrain.data.synthetic import synthetic_doc_fields
-from dist_pretrain.families.base import family_batches, tokenizer_for
-from dist_pretrain.families.bert import masked_accuracy
 from dist_pretrain.models.attention import SDPAttention
-from dist_pretrain.objectives.span_corruption import SpanConfig, t5_example
-
-# synthetic runs (tests): SentencePiece-like pad/eos/unk and the top 100 ids as sentinels
-SYNTHETIC_SPECIALS = {"pad": 0, "eos": 1, "unk": 2}
+from dist_pretrain.models.flops import t5_flops_per_sample
 
 
 def t5_layer_specs() -> tuple[ModuleSpec, ModuleSpec]:
@@ -85,22 +82,13 @@ def decoder_length(cfg: Config) -> int:
     return cfg.model.decoder_seq_length or max(2, cfg.model.seq_length // 4)
 
 
-def t5_sample(fields: dict, rng: np.random.Generator, previous: dict | None, *, enc_len: int,
-              dec_len: int, sentinel_ids, special_ids: dict, span: SpanConfig) -> dict:
-    return t5_example(fields["tokens"], enc_len, dec_len, sentinel_ids, special_ids, rng, span)
-
-
 def key_padding_mask(real: torch.Tensor) -> torch.Tensor:
     """[b, s] with 1 = real token -> megatron's boolean [b, 1, 1, s] mask, True = masked."""
     return (real == 0)[:, None, None, :]
 
 
-class T5Family:
+class T5:
     name = "t5"
-    loss_key = "lm loss"
-
-    def metric_keys(self, cfg: Config) -> list[str]:
-        return [self.loss_key, "span accuracy"]
 
     def build_chunk(self, cfg: Config, tconfig: TransformerConfig, vocab_size: int,
                     pre_process: bool, post_process: bool, vp_stage: int | None) -> torch.nn.Module:
@@ -141,43 +129,6 @@ class T5Family:
     def tied_parameter_names(self, cfg: Config) -> dict[str, str]:
         return {"lm_head.output_layer.weight": "embedding.word_embeddings.weight"} if cfg.model.tie_embeddings else {}
 
-    def forward_step(self, data_iterator: Iterator[dict], model) -> tuple[Any, Any]:
-        b = next(data_iterator)
-        enc_mask = key_padding_mask(b["enc_mask"])
-        logits = model(b["enc_tokens"], b["dec_input"], enc_mask, key_padding_mask(b["dec_mask"]),
-                       enc_mask, lm_labels=None)
-        return logits, partial(self._loss, b)
-
-    @staticmethod
-    def _loss(batch: dict, logits: torch.Tensor):
-        loss_mask = batch["loss_mask"]
-        per_token = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), batch["labels"])
-        loss_sum = (per_token * loss_mask).sum()
-        n = loss_mask.sum()
-        correct = masked_accuracy(logits, batch["labels"], loss_mask)
-        return loss_sum, n.to(torch.int), {"lm loss": torch.stack([loss_sum.detach(), n]),
-                                           "span accuracy": torch.stack([correct, n])}
-
-    def batches(self, cfg: Config, split: str, dp_rank: int, dp_size: int, micro_batch_size: int,
-                seed: int, vocab_size: int, start_step: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-        obj = cfg.objective
-        span = SpanConfig(noise_density=obj.noise_density, mean_noise_span_length=obj.mean_noise_span_length)
-        if cfg.data.synthetic:
-            specials, sentinels = SYNTHETIC_SPECIALS, list(range(vocab_size - 100, vocab_size))
-            fields = partial(synthetic_doc_fields, low=3, high=vocab_size - 100, length=cfg.model.seq_length)
-        else:
-            tok = tokenizer_for(cfg)
-            specials, sentinels = tok.special_ids, tok.sentinel_ids
-            if len(sentinels) < 100:
-                raise ValueError(f"T5 needs >= 100 sentinel tokens <extra_id_N>; {tok.name} has "
-                                 f"{len(sentinels)} (train one: dist-pretrain tokenizer train --kind "
-                                 "sentencepiece --sentinels 100 ...)")
-            fields = None
-        transform = partial(t5_sample, enc_len=cfg.model.seq_length, dec_len=decoder_length(cfg),
-                            sentinel_ids=sentinels, special_ids=specials, span=span)
-        return family_batches(cfg, split, dp_rank, dp_size, micro_batch_size, seed, start_step,
-                              transform=transform, synthetic_fields=fields)
-
     def tokens_per_sample(self, cfg: Config) -> int:
         return cfg.model.seq_length + decoder_length(cfg)
 
@@ -185,18 +136,3 @@ class T5Family:
         return t5_flops_per_sample(cfg.model.encoder_num_layers or cfg.model.num_layers, cfg.model.num_layers,
                                    cfg.model.hidden_size, cfg.model.ffn, cfg.model.seq_length,
                                    decoder_length(cfg), vocab_size)
-
-
-def t5_flops_per_sample(enc_layers: int, dec_layers: int, h: int, ffn: int, se: int, sd: int,
-                        vocab: int) -> float:
-    """Training FLOPs (3 x forward) of one encoder-decoder sample, Megatron's conventions.
-
-    Encoder, per token and layer: QKV 6h^2, scores + values 4 s_e h, output 2h^2, MLP 4h ffn.
-    Decoder, per token and layer: the same self-attention with s_d, plus cross-attention:
-    Q and output 4h^2, scores + values 4 s_e h; its K and V projections run over the
-    encoder output (4h^2 per encoder token and decoder layer). Logits 2hV per target token.
-    """
-    encoder = se * enc_layers * (8 * h * h + 4 * se * h + 4 * h * ffn)
-    decoder = dec_layers * (sd * (8 * h * h + 4 * sd * h + 4 * h * h + 4 * se * h + 4 * h * ffn)
-                            + se * 4 * h * h)
-    return 3.0 * (encoder + decoder + sd * 2 * h * vocab)
