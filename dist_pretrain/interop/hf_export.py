@@ -133,7 +133,7 @@ def check_inputs(cfg: Config, tokenizer, vocab: int, sequences: int, hf_config):
     """Real token sequences for the check: ``[sequences, seq_length]``, or for T5 (encoder input,
     decoder input starting with the decoder start id)."""
     if cfg.family == "t5":
-        from dist_pretrain.families.t5 import decoder_length
+        from dist_pretrain.models.t5 import decoder_length
 
         return seq2seq_sequences(tokenizer, vocab, cfg.model.seq_length, decoder_length(cfg), sequences, cfg.seed,
                                  hf_config.decoder_start_token_id)

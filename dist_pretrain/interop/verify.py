@@ -52,7 +52,7 @@ def our_logits(chunk: torch.nn.Module, ids, cfg: Config) -> torch.Tensor:
         positions = torch.arange(ids.shape[1]).unsqueeze(0).expand_as(ids)
         return chunk(ids, positions, None)
     if cfg.family == "t5":
-        from dist_pretrain.families.t5 import key_padding_mask
+        from dist_pretrain.models.t5 import key_padding_mask
 
         enc, dec = ids
         enc_mask, dec_mask = key_padding_mask(torch.ones_like(enc)), key_padding_mask(torch.ones_like(dec))
