@@ -180,7 +180,7 @@ def load_causal_lm(src: str | Path, tokenizer: str | None = None, tensor: int = 
     """The GPT of ``src`` on this rank at TP = ``tensor``, PP = ``pipeline`` (both 1: one process)."""
     from dist_pretrain.models.load import checkpoint_meta, resolve_checkpoint
 
-    family = checkpoint_meta(resolve_checkpoint(src))["config"].get("family", "gpt")
+    family = Config.model_validate(checkpoint_meta(resolve_checkpoint(src))["config"]).family
     if family != "gpt":
         hint = " (an encoder-decoder: use load_seq2seq_lm, or load_lm for either)" if family == "t5" else ""
         raise InferenceError(f"{src}: family={family} is not a decoder-only model{hint}")
@@ -196,7 +196,7 @@ def load_lm(src: str | Path, tokenizer: str | None = None, tensor: int = 1, pipe
     """The model of ``src`` ready for ``generate``: a ``CausalLM`` (GPT) or a ``Seq2SeqLM`` (T5)."""
     from dist_pretrain.models.load import checkpoint_meta, resolve_checkpoint
 
-    if checkpoint_meta(resolve_checkpoint(src))["config"].get("family") == "t5":
+    if Config.model_validate(checkpoint_meta(resolve_checkpoint(src))["config"]).family == "t5":
         from dist_pretrain.inference.seq2seq import load_seq2seq_lm
 
         return load_seq2seq_lm(src, tokenizer, tensor, pipeline, device)
