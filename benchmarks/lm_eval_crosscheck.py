@@ -10,7 +10,9 @@ analogies and polarity sentences, as llm-foundry ``{query, choices, gold}`` JSON
 lm-eval as a local YAML task (``output_type: multiple_choice``) and to ``dist-pretrain
 evaluate`` as the same file, at each shot count (lm-eval's ``--num_fewshot``, its default
 few-shot seed 1234 = our ``--seed``; our demonstrations follow its sampler, see
-``dist_pretrain/evaluation/prompts.py``). Prints acc / acc_norm from both and the largest
+``dist_pretrain/evaluation/prompts.py``). ``fewshot_split: test`` makes lm-eval exclude the item
+from its own demonstrations, as we always do: without it lm-eval samples from the test docs
+without excluding the item. Prints acc / acc_norm from both and the largest
 difference; exits 1 if any differs.
 """
 
@@ -32,6 +34,7 @@ dataset_kwargs:
   data_files:
     test: {path}
 test_split: test
+fewshot_split: test
 output_type: multiple_choice
 doc_to_text: "{{{{query}}}}"
 doc_to_choice: "{{{{choices}}}}"
