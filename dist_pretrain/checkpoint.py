@@ -336,11 +336,13 @@ def _give_up(step: int, tmp: Path, err: Exception | None) -> None:
 
 
 def prune(root: Path, keep: int, keep_every: int) -> None:
-    """Delete old checkpoints: keep the newest ``keep`` and every ``keep_every``-th step."""
+    """Delete old checkpoints: keep the newest ``keep``, every ``keep_every``-th step and the
+    one ``root/best`` names (fine-tuning's best validation result)."""
     steps = step_dirs(root)
     newest = {s for s, _ in steps[-keep:]} if keep > 0 else {s for s, _ in steps}
+    best = (root / "best").read_text().strip() if (root / "best").is_file() else None
     for s, path in steps:
-        if s in newest or (keep_every and s % keep_every == 0):
+        if s in newest or (keep_every and s % keep_every == 0) or path.name == best:
             continue
         shutil.rmtree(path, ignore_errors=True)
 

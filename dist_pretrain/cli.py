@@ -83,7 +83,7 @@ def _train(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     commands = {"train", "check", "preprocess", "demo-corpus", "tokenizer", "checkpoint", "export", "import",
-                "generate", "evaluate"}
+                "generate", "evaluate", "finetune-data"}
     if not argv or argv[0] not in commands:
         print(f"usage: dist-pretrain {{{','.join(sorted(commands))}}} ...", file=sys.stderr)
         return 2
@@ -126,6 +126,11 @@ def _command(cmd: str, rest: list[str]) -> int:
         from dist_pretrain.evaluation.cli import main as evaluate_main
 
         return evaluate_main(rest)
+    if cmd == "finetune-data":
+        from dist_pretrain.data.finetune_corpus import main as finetune_data_main
+
+        finetune_data_main(rest)
+        return 0
     if cmd == "tokenizer":
         if not rest or rest[0] != "train":
             print("usage: dist-pretrain tokenizer train --kind bpe|wordpiece|unigram|sentencepiece ...",

@@ -10,14 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dist_pretrain.errors import ConfigError
 
@@ -29,11 +22,16 @@ class _Section(BaseModel):
 # architecture -> the tasks it can be trained on; the first is its pretraining task (the default)
 TASKS_OF_ARCH = {
     "gpt": ("causal_lm",),
-    "bert": ("masked_lm",),
-    "t5": ("span_corruption",),
+    "bert": ("masked_lm", "classification"),
+    "t5": ("span_corruption", "text_to_text"),
 }
 # task -> the `dist-pretrain preprocess --format` its data is made with
-DATA_FORMAT_OF_TASK = {"causal_lm": "lm", "masked_lm": "docs", "span_corruption": "docs"}
+DATA_FORMAT_OF_TASK = {"causal_lm": "lm", "masked_lm": "docs", "span_corruption": "docs",
+                       "classification": "classification", "text_to_text": "seq2seq"}
+FINETUNE_TASKS = ("classification", "text_to_text")
+# fine-tuning task -> its validation metrics (True: larger is better); the first picks the best checkpoint
+TASK_METRICS = {"classification": {"accuracy": True, "macro_f1": True, "loss": False},
+                "text_to_text": {"rouge_l": True, "exact_match": True, "loss": False}}
 
 
 class ModelConfig(_Section):
@@ -82,6 +80,11 @@ class ModelConfig(_Section):
     def max_positions(self) -> int:
         return self.max_position_embeddings or self.seq_length
 
+    @property
+    def decoder_length(self) -> int:
+        """T5's target (decoder) length."""
+        return self.decoder_seq_length or max(2, self.seq_length // 4)
+
 
 class ParallelConfig(_Section):
     tensor: int = Field(1, ge=1)
@@ -96,6 +99,8 @@ class ParallelConfig(_Section):
 
 class TrainConfig(_Section):
     steps: int = Field(100, ge=1)
+    epochs: Optional[int] = Field(None, ge=1, description="fine-tuning: passes over the training split; sets "
+                                  "train.steps to epochs x ceil(examples / global_batch_size)")
     micro_batch_size: int = Field(4, ge=1)
     global_batch_size: int = Field(8, ge=1)
     lr: float = Field(6e-4, gt=0.0)
@@ -176,15 +181,27 @@ class TaskConfig(_Section):
     (BERT) and span corruption (T5) have settings; causal LM (GPT) has none.
     """
 
-    name: Literal["causal_lm", "masked_lm", "span_corruption"] = Field(
-        "causal_lm", description="causal_lm (gpt), masked_lm (bert), span_corruption (t5); default: "
-                                 "the architecture's pretraining task")
+    name: Literal["causal_lm", "masked_lm", "span_corruption", "classification", "text_to_text"] = Field(
+        "causal_lm", description="causal_lm (gpt), masked_lm or classification (bert), span_corruption or "
+                                 "text_to_text (t5); default: the architecture's pretraining task")
     mask_prob: float = Field(0.15, gt=0.0, lt=1.0)
     whole_word_masking: bool = False
     next_sentence_prediction: bool = Field(False, description="BERT binary head; off as in RoBERTa")
     noise_density: float = Field(0.15, gt=0.0, lt=1.0)
     mean_noise_span_length: float = Field(3.0, ge=1.0)
     tokenizer: Optional[str] = Field(None, description="for special / sentinel ids; default: the data's")
+    # fine-tuning (classification, text_to_text)
+    labels: Optional[list[str]] = Field(None, description="classification: label names in id order; default: "
+                                        "the data's (saved with checkpoints and exports)")
+    classifier_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout before the classification layer")
+    head_lr: Optional[float] = Field(None, gt=0.0, description="learning rate of the new head (pooler and "
+                                     "classifier); default train.lr; follows the same schedule")
+    freeze_encoder: bool = Field(False, description="train only the head (classification)")
+    best_metric: Optional[str] = Field(None, description="validation metric that picks the best checkpoint: "
+                                       "accuracy, macro_f1, loss (classification; default accuracy), exact_match, "
+                                       "rouge_l, loss (text_to_text; default rouge_l)")
+    max_new_tokens: Optional[int] = Field(None, ge=1, description="text_to_text evaluation: generated tokens; "
+                                          "default model.decoder_seq_length")
 
 
 class IclTask(_Section):

@@ -34,6 +34,24 @@ def validate(cfg: Config, world_size: int, vocab_size: Optional[int] = None) -> 
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
 
 
+def _finetune_problems(cfg: Config, err) -> None:
+    from dist_pretrain.config import TASK_METRICS as METRICS
+
+    task, par = cfg.task, cfg.parallel
+    if task.name not in METRICS:
+        return
+    if task.best_metric is not None and task.best_metric not in METRICS[task.name]:
+        err(f"task.best_metric={task.best_metric} is not a {task.name} metric; use one of "
+            f"{', '.join(METRICS[task.name])}")
+    if task.head_lr is not None and par.zero_stage == 0:
+        err(f"task.head_lr={task.head_lr} needs parallel.zero_stage >= 1 (DeepSpeed's parameter groups)")
+    if task.freeze_encoder and par.pipeline > 1:
+        err("task.freeze_encoder=true trains only the head, which lives on the last pipeline stage; use "
+            "parallel.pipeline=1")
+    if (task.head_lr is not None or task.freeze_encoder) and task.name != "classification":
+        err(f"task.head_lr and task.freeze_encoder apply to the new head of classification, not {task.name}")
+
+
 def config_problems(cfg: Config, world_size: int, vocab_size: Optional[int] = None) -> list[str]:
     """Every cross-field problem of ``cfg`` at ``world_size`` processes, one line each."""
     from dist_pretrain.config import TASKS_OF_ARCH
@@ -48,6 +66,7 @@ def config_problems(cfg: Config, world_size: int, vocab_size: Optional[int] = No
     if cfg.task.name not in TASKS_OF_ARCH[m.arch]:
         err(f"task.name={cfg.task.name} does not fit model.arch={m.arch}; its tasks: "
             f"{', '.join(TASKS_OF_ARCH[m.arch])}")
+    _finetune_problems(cfg, err)
 
     tasks = TASKS_OF_ARCH[m.arch]
     if cfg.task.name not in tasks:
@@ -76,11 +95,11 @@ def config_problems(cfg: Config, world_size: int, vocab_size: Optional[int] = No
         err(f"model.num_query_groups={groups} is not divisible by parallel.tensor={tp}")
     if m.ffn % tp:
         err(f"model.ffn_hidden_size={m.ffn} is not divisible by parallel.tensor={tp}")
-    if m.position_embedding == "relative" and cfg.family != "t5":
-        err(f"model.position_embedding=relative is T5's relative position bias; family={cfg.family} takes "
+    if m.position_embedding == "relative" and m.arch != "t5":
+        err(f"model.position_embedding=relative is T5's relative position bias; model.arch={m.arch} takes "
             "learned or rope")
-    if m.position_embedding == "rope" and cfg.family == "t5":
-        err("model.position_embedding=rope: family=t5 takes learned (absolute) or relative (T5's bias)")
+    if m.position_embedding == "rope" and m.arch == "t5":
+        err("model.position_embedding=rope: model.arch=t5 takes learned (absolute) or relative (T5's bias)")
     exact = m.relative_attention_num_buckets // 2  # the decoder's exact-distance buckets
     if m.position_embedding == "relative" and m.relative_attention_max_distance <= exact:
         err(f"model.relative_attention_max_distance={m.relative_attention_max_distance} must exceed the exact "

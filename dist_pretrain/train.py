@@ -23,7 +23,7 @@ from megatron.core.transformer.module import Float16Module
 from megatron.core.utils import get_model_config
 
 from dist_pretrain import versions
-from dist_pretrain.config import Config, deepspeed_config, padded_vocab_size
+from dist_pretrain.config import FINETUNE_TASKS, Config, deepspeed_config, padded_vocab_size
 from dist_pretrain.errors import agree
 from dist_pretrain.faults import (
     StopSignals,
@@ -32,6 +32,7 @@ from dist_pretrain.faults import (
     fault_nan_steps,
     poisoned,
 )
+from dist_pretrain.finetune import Selection, derived_config, freeze_all_but
 from dist_pretrain.models.architecture import get_architecture
 from dist_pretrain.models.init import init_layout_independent
 from dist_pretrain.models.megatron_config import transformer_config
@@ -104,7 +105,7 @@ def mark_stage_shared(chunks: list[torch.nn.Module], names: set[str]) -> None:
                     p.shared = True
 
 
-def build_engine(cfg: Config, rt: Runtime, chunks, tconfig, num_microbatches: int):
+def build_engine(cfg: Config, rt: Runtime, chunks, tconfig, num_microbatches: int, head: tuple[str, ...] = ()):
     if cfg.parallel.zero_stage == 0:
         from dist_pretrain.megatron_engine import MegatronDDPEngine
 
@@ -115,7 +116,8 @@ def build_engine(cfg: Config, rt: Runtime, chunks, tconfig, num_microbatches: in
         from dist_pretrain.engine import ZeroEngine
 
         ds_cfg = deepspeed_config(cfg, rt.dp, num_microbatches)
-        engine = ZeroEngine(chunks, ds_cfg, cfg.train, num_microbatches)
+        head_lr_mult = cfg.task.head_lr / cfg.train.lr if cfg.task.head_lr else 1.0
+        engine = ZeroEngine(chunks, ds_cfg, cfg.train, num_microbatches, head, head_lr_mult)
     for chunk in chunks:  # the schedule reads its hooks from the chunk's own config
         chunk_config = get_model_config(chunk)
         chunk_config.no_sync_func = engine.no_sync
@@ -156,6 +158,7 @@ class Trainer:
 
         report = check(cfg, world_size_from_env(), verify_checkpoint=False)  # rank 0 verifies it below
         report.raise_errors()
+        cfg = derived_config(cfg, report)
         vocab, self.eval_steps = report.vocab_size, report.eval_steps
         self.cfg = cfg
         par = cfg.parallel
@@ -179,7 +182,12 @@ class Trainer:
         resume_from = self._resume_path()
         if resume_from is None and cfg.checkpoint.init_from:
             self._init_from(chunks)
-        self.engine = build_engine(cfg, self.rt, chunks, self.tconfig, self.num_microbatches)
+        head = self.arch.head_parameter_names(cfg)
+        if cfg.task.freeze_encoder:
+            freeze_all_but(chunks, head)
+        self.engine = build_engine(cfg, self.rt, chunks, self.tconfig, self.num_microbatches, head)
+        self.selection = Selection(self) if cfg.task.name in FINETUNE_TASKS else None
+        self.current_step = 0
         self.icl = None
         if cfg.eval.icl_tasks:
             from dist_pretrain.evaluation.in_training import InContextEvaluator
@@ -232,18 +240,22 @@ class Trainer:
         from dist_pretrain.models.load import load_weights
 
         ck = self.cfg.checkpoint
-        kept = load_weights(chunks, ck.init_from, ck.init_allow_missing, ck.init_allow_unexpected)
+        new_head = list(self.arch.head_parameter_names(self.cfg))  # a fine-tuning task's new layers
+        dropped = ["lm_head.*", "output_layer.*", "binary_head.*"] if new_head else []  # pretraining heads
+        kept = load_weights(chunks, ck.init_from, ck.init_allow_missing + new_head,
+                            ck.init_allow_unexpected + dropped)
         if self.rt.is_logging_rank:
-            note = f"; kept initial values of {', '.join(kept)}" if kept else ""
+            note = f"; kept initial values (seed {self.cfg.seed}) of {', '.join(kept)}" if kept else ""
             print(f"initialized weights from {ck.init_from} (weights only, step 0){note}", flush=True)
 
     def _resume(self, path: Path | None) -> tuple[int, int]:
         """Restore the full training state from ``path`` (if any); returns (step, skipped steps)."""
-        from dist_pretrain import checkpoint
 
         if path is None:
             return 0, 0
         meta = agree(lambda: self._load(path), "resume")
+        if self.selection is not None:
+            self.selection.load_state_dict(meta.get("data", {}).get("selection"))
         if self.rt.is_logging_rank:
             was = meta["layout"]
             print(f"resumed from {path} (step {meta['step']}; saved at TP {was['tp']} PP {was['pp']} "
@@ -327,12 +339,18 @@ class Trainer:
             )
 
     def data_state(self) -> dict:
-        """Where the training stream stands (for checkpoints): global steps handed out."""
+        """Where the training stream stands (for checkpoints): global steps handed out, and a
+        fine-tuning run's best validation result so far."""
         state = getattr(self.train_stream, "state_dict", None)
-        return state() if state else {}
+        state = state() if state else {}
+        if self.selection is not None:
+            state["selection"] = self.selection.state_dict()
+        return state
 
     @torch.no_grad()
     def evaluate(self, stop: StopSignals | None = None) -> dict[str, float]:
+        if self.selection is not None:  # fine-tuning: whole-split metrics (dist_pretrain.finetune)
+            return self.selection.evaluate(self.current_step)
         self.engine.train(False)
         batches = self._batches("valid")
         data = to_device(batches, self.rt.device)
@@ -382,21 +400,26 @@ class Trainer:
         stop = StopSignals(cfg.checkpoint.signals, cfg.checkpoint.exit_after_minutes)
         saver = checkpoint.Checkpointer(self)
         if self.rt.is_logging_rank:
-            print(f"training {cfg.model.arch} {cfg.task.name} | TP {self.rt.tp} PP {self.rt.pp} VPP {self.rt.vpp or 1} "
-                  f"DP {self.rt.dp} | ZeRO-{cfg.parallel.zero_stage} | {cfg.train.precision} | "
+            print(f"training {cfg.model.arch} {cfg.task.name} | TP {self.rt.tp} PP {self.rt.pp} "
+                  f"VPP {self.rt.vpp or 1} DP {self.rt.dp} | ZeRO-{cfg.parallel.zero_stage} | {cfg.train.precision} | "
                   f"{self.num_microbatches} micro-batches of {cfg.train.micro_batch_size} | "
                   f"{self.rt.backend} | peak {self.peak_tflops:.2f} TFLOP/s/dev", flush=True)
             Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
         try:
             for step in range(self.start_step + 1, cfg.train.steps + 1):
+                self.current_step = step
                 values = self.train_step(step)
-                if cfg.train.eval_interval and (step % cfg.train.eval_interval == 0 or step == cfg.train.steps):
+                last = step == cfg.train.steps
+                if self._evaluate_now(step):
                     values.update(self.evaluate(stop))
-                    if self.rt.is_logging_rank and "val/loss" in values:
+                    if self.rt.is_logging_rank and "val/perplexity" in values:
                         print(f"validation at step {step}: loss {values['val/loss']:.4f} | "
                               f"perplexity {values['val/perplexity']:.2f}", flush=True)
                 if self.icl is not None and self.icl.due(step):
                     values.update(self.in_context_evaluation(step))
+                best = self.selection is not None and self.selection.best_step == step
+                if last and self.selection is not None:
+                    values.update(self.selection.final())
                 self.monitor.scalars(step, values)
                 self.monitor.console(step, cfg.train.steps, values)
                 history.append({"step": step, **values})
@@ -409,11 +432,13 @@ class Trainer:
                         print(f"background checkpoint finalized after step {step}: training stalled "
                               f"{stall:.2f}s", flush=True)
                 interval = cfg.checkpoint.interval
-                last = step == cfg.train.steps
-                periodic = (interval and step % interval == 0) or (last and (interval or cfg.checkpoint.save_final))
+                periodic = (interval and step % interval == 0) or (last and (interval or cfg.checkpoint.save_final)) \
+                    or best
                 # a step whose update was skipped (non-finite) may start a divergence: keep `latest`
                 if (periodic and not self.skipped_in_a_row) or stopping:
                     stall = saver.save(step, block=last or stopping)
+                    if best:
+                        self.selection.mark_best(saver.root, step)
                     self.monitor.scalars(step, {"checkpoint/stall_s": stall})
                     if self.rt.is_logging_rank:
                         print(f"checkpoint of step {step}: training stalled {stall:.2f}s"
@@ -430,6 +455,14 @@ class Trainer:
         if self.rt.is_logging_rank:
             (Path(cfg.run_dir) / "history.json").write_text(json.dumps(history, indent=1))
         return history
+
+    def _evaluate_now(self, step: int) -> bool:
+        """Every train.eval_interval steps, after the last step and, fine-tuning, at each epoch end."""
+        every = self.cfg.train.eval_interval
+        if not every:
+            return False
+        epoch_end = self.selection is not None and step % self.train_stream.steps_per_epoch == 0
+        return step % every == 0 or step == self.cfg.train.steps or epoch_end
 
     def _append_history(self, values: dict) -> None:
         """One JSON line per step in run_dir/history.jsonl, across resumed runs."""

@@ -200,16 +200,17 @@ BAD = [
     ),
     pytest.param(
         ["model.position_embedding=relative"], 1, None,
-        ["model.position_embedding=relative is T5's relative position bias", "family=gpt takes learned or rope"],
+        ["model.position_embedding=relative is T5's relative position bias", "model.arch=gpt takes learned or rope"],
         id="relative-bias-outside-t5",
     ),
     pytest.param(
-        ["family=t5", "model.position_embedding=rope"], 1, None,
-        ["model.position_embedding=rope", "family=t5 takes learned (absolute) or relative"],
+        ["model.arch=t5", "task.name=span_corruption", "model.position_embedding=rope"], 1, None,
+        ["model.position_embedding=rope", "model.arch=t5 takes learned (absolute) or relative"],
         id="rope-for-t5",
     ),
     pytest.param(
-        ["family=t5", "model.position_embedding=relative", "model.relative_attention_num_buckets=64",
+        ["model.arch=t5", "task.name=span_corruption", "model.position_embedding=relative",
+         "model.relative_attention_num_buckets=64",
          "model.relative_attention_max_distance=16"], 1, None,
         ["model.relative_attention_max_distance=16 must exceed", "relative_attention_num_buckets=64 // 2 = 32",
          "use at least 33"],

@@ -28,6 +28,9 @@ class Architecture(Protocol):
     def tied_parameter_names(self, cfg: Config) -> dict[str, str]:
         """Global parameter name -> the name whose initial value it must share."""
 
+    def head_parameter_names(self, cfg: Config) -> tuple[str, ...]:
+        """Patterns (fnmatch) of the parameters ``cfg.task`` adds to the pretrained model."""
+
     def tokens_per_sample(self, cfg: Config) -> int:
         """Tokens one sample feeds the model (throughput is reported in these)."""
 

@@ -51,6 +51,9 @@ class GPT:
             return {"output_layer.weight": "embedding.word_embeddings.weight"}
         return {}
 
+    def head_parameter_names(self, cfg: Config) -> tuple[str, ...]:
+        return ()
+
     def tokens_per_sample(self, cfg: Config) -> int:
         return cfg.model.seq_length
 

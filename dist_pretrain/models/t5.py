@@ -10,10 +10,7 @@ import copy
 import torch
 from megatron.core import parallel_state
 from megatron.core.models.T5.t5_model import T5Model
-from megatron.core.models.T5.t5_spec import (
-    decoder_model_with_local_spec,
-    encoder_model_with_local_spec,
-)
+from megatron.core.models.T5.t5_spec import decoder_model_with_local_spec, encoder_model_with_local_spec
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
 
@@ -79,7 +76,7 @@ class StagedT5Model(T5Model):
 
 
 def decoder_length(cfg: Config) -> int:
-    return cfg.model.decoder_seq_length or max(2, cfg.model.seq_length // 4)
+    return cfg.model.decoder_length
 
 
 def key_padding_mask(real: torch.Tensor) -> torch.Tensor:
@@ -128,6 +125,9 @@ class T5:
 
     def tied_parameter_names(self, cfg: Config) -> dict[str, str]:
         return {"lm_head.output_layer.weight": "embedding.word_embeddings.weight"} if cfg.model.tie_embeddings else {}
+
+    def head_parameter_names(self, cfg: Config) -> tuple[str, ...]:
+        return ()
 
     def tokens_per_sample(self, cfg: Config) -> int:
         return cfg.model.seq_length + decoder_length(cfg)

@@ -21,4 +21,13 @@ def get_task(name: str) -> Task:
         from dist_pretrain.tasks.span_corruption import SpanCorruption
 
         return SpanCorruption()
-    raise ValueError(f"unknown task {name!r}; available: causal_lm, masked_lm, span_corruption")
+    if name == "classification":
+        from dist_pretrain.tasks.classification import Classification
+
+        return Classification()
+    if name == "text_to_text":
+        from dist_pretrain.tasks.text_to_text import TextToText
+
+        return TextToText()
+    raise ValueError(f"unknown task {name!r}; available: causal_lm, masked_lm, span_corruption, classification, "
+                     "text_to_text")

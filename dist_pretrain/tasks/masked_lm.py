@@ -19,11 +19,7 @@ from megatron.core import tensor_parallel
 
 from dist_pretrain.config import Config
 from dist_pretrain.data.synthetic import synthetic_doc_fields
-from dist_pretrain.objectives.mlm import (
-    MLMConfig,
-    bert_example,
-    wordpiece_continuation_mask,
-)
+from dist_pretrain.objectives.mlm import MLMConfig, bert_example, wordpiece_continuation_mask
 from dist_pretrain.tasks.base import task_batches, tokenizer_for
 from dist_pretrain.tasks.metrics import masked_accuracy
 
