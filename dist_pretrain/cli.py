@@ -1,5 +1,5 @@
 """``dist-pretrain`` command: train, check, preprocess, tokenizer train, checkpoint, export, import,
-generate, evaluate, demo-corpus.
+generate, evaluate, demo-corpus, sweep, scaling fit.
 
 A ``UserError`` (bad config, data, path, checkpoint or weights) leaves every command as
 ``error:`` lines and exit status 2, without a traceback (``DIST_PRETRAIN_DEBUG=1`` shows it).
@@ -83,7 +83,7 @@ def _train(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     commands = {"train", "check", "preprocess", "demo-corpus", "tokenizer", "checkpoint", "export", "import",
-                "generate", "evaluate"}
+                "generate", "evaluate", "sweep", "scaling"}
     if not argv or argv[0] not in commands:
         print(f"usage: dist-pretrain {{{','.join(sorted(commands))}}} ...", file=sys.stderr)
         return 2
@@ -126,6 +126,14 @@ def _command(cmd: str, rest: list[str]) -> int:
         from dist_pretrain.evaluation.cli import main as evaluate_main
 
         return evaluate_main(rest)
+    if cmd == "scaling":
+        from dist_pretrain.scaling.cli import main as scaling_main
+
+        return scaling_main(rest)
+    if cmd == "sweep":
+        from dist_pretrain.scaling.sweep_cli import main as sweep_main
+
+        return sweep_main(rest)
     if cmd == "tokenizer":
         if not rest or rest[0] != "train":
             print("usage: dist-pretrain tokenizer train --kind bpe|wordpiece|unigram|sentencepiece ...",
