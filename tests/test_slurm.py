@@ -332,8 +332,8 @@ def test_sweep_array_requeues_a_preempted_task(cluster, real_lm_shards, tmp_path
         time.sleep(0.2)
     cluster.run("scancel", "--signal=TERM", "--batch", first)  # what --signal=B:TERM@120 sends
     # the throttle lets task 1 start in the freed slot; the requeued task 0 runs after it
-    assert cluster.wait(f"{array}_1", tmp_path / f"sweep/logs/{array}_1.out")["JobState"] == "COMPLETED"
-    info = cluster.wait(first, log)
+    assert cluster.wait(f"{array}_1", tmp_path / f"sweep/logs/{array}_1.out", 2 * JOB_TIMEOUT)["JobState"] == "COMPLETED"
+    info = cluster.wait(first, log, 2 * JOB_TIMEOUT)
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", _tail(log)
     assert "requeueing array task 0" in log.read_text() and "resumed from" in (run_dir / "train.log").read_text()
     rows = [json.loads(x) for x in (tmp_path / "sweep/results.jsonl").read_text().splitlines()]
