@@ -112,8 +112,11 @@ def _launch(sweep: Sweep, run: RunPlan, threads: int | None, log) -> int:
     if threads:
         over.append(f"train.threads={threads}")
     cfg = load_config(sweep.base, over)
+    # as launchers/torchrun.sh: torchrun forwards stop signals to the ranks and waits for their save
     cmd = [sys.executable, "-m", "dist_pretrain.torchrun", "--standalone", "--nproc-per-node",
-           str(cfg.parallel.nproc), "-m", "dist_pretrain", "train", str(sweep.base), *over]
+           str(cfg.parallel.nproc), "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
+           f"--shutdown-timeout={os.environ.get('TORCHRUN_SHUTDOWN_TIMEOUT', '100')}",
+           "-m", "dist_pretrain", "train", str(sweep.base), *over]
     run.run_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore")}
     if threads:
