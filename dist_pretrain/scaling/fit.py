@@ -69,7 +69,8 @@ def data_points(runs: list[Run]) -> tuple[np.ndarray, np.ndarray, float]:
 
 
 def frontier_points(runs: list[Run], points: int = 40) -> tuple[np.ndarray, np.ndarray, str]:
-    """The compute-efficient frontier: at each compute C, the lowest loss any run reached.
+    """The compute-efficient frontier: at each compute C, the lowest loss any run reached with at
+    most C.
 
     From the loss curves (loss vs tokens, times each run's FLOPs per token), interpolated in
     log-log space on a grid of C between the smallest and the largest run's final compute (below
@@ -88,6 +89,9 @@ def frontier_points(runs: list[Run], points: int = 40) -> tuple[np.ndarray, np.n
                 if inside.any():
                     interp = np.exp(np.interp(np.log(grid[inside]), np.log(c), np.log(loss)))
                     best[inside] = np.minimum(best[inside], interp)
+            # C_min(L): the least compute that reaches L, so the frontier never rises with C (a run
+            # that reached a loss at less compute has reached it for every larger budget too)
+            best = np.minimum.accumulate(best)
             keep = np.isfinite(best)
             if keep.sum() >= 2:
                 return grid[keep], best[keep], "loss curves"
