@@ -70,7 +70,7 @@ def saved_bytes(size: GPTSize, precision: str, recompute: str, dropout: float = 
     batch = next(iter(trainer._batches("train")))
     trainer.engine.train()
     with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda t: t):
-        output, loss_func = trainer.family.forward_step(iter([batch]), chunk)
+        output, loss_func = trainer.task.forward_step(iter([batch]), chunk)
         loss = loss_func(output)[0]
     del loss, output
     return dict(counter.bytes)

@@ -7,7 +7,7 @@ Megatron does, even for a causal model):
 
 * Megatron (Narayanan et al., SC'21): 72·l·h²·(1 + s/(6h) + V/(12·l·h)) with ffn = 4h,
   in general 3·[l·(2h(h + 2h_kv) + 4sh + 2h² + 4h·ffn) + 2hV]
-  (``dist_pretrain.families.gpt.lm_flops_per_token``);
+  (``dist_pretrain.models.flops.lm_flops_per_token``);
 * 6N + 12·l·h·s (Kaplan et al.; PaLM appendix B): N = parameters that multiply activations,
   i.e. all but the position embedding (the tied token embedding is the logits matmul).
   It also counts biases and norms as 6 FLOPs per parameter, so it is a little higher.
@@ -16,7 +16,7 @@ Megatron does, even for a causal model):
 from __future__ import annotations
 
 from benchmarks.common import GPTSize
-from dist_pretrain.families.gpt import lm_flops_per_token
+from dist_pretrain.models.flops import lm_flops_per_token
 
 MEGATRON_FORMULA = "3·[l·(6h² + 4sh + 2h² + 16h²) + 2hV] = 72·l·h²·(1 + s/(6h) + V/(12·l·h))"
 SIX_N_FORMULA = "6N + 12·l·h·s, N = parameters without the position embedding"

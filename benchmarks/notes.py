@@ -10,7 +10,7 @@ seconds live in the code; ``benchmarks/memory.py`` finds the bytes under those n
 from __future__ import annotations
 
 from benchmarks.common import GPTSize
-from dist_pretrain.families.gpt import lm_flops_per_token
+from dist_pretrain.models.flops import lm_flops_per_token
 
 
 def _fwd_bwd(r: dict) -> float:

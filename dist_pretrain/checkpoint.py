@@ -336,11 +336,13 @@ def _give_up(step: int, tmp: Path, err: Exception | None) -> None:
 
 
 def prune(root: Path, keep: int, keep_every: int) -> None:
-    """Delete old checkpoints: keep the newest ``keep`` and every ``keep_every``-th step."""
+    """Delete old checkpoints: keep the newest ``keep``, every ``keep_every``-th step and the
+    one ``root/best`` names (fine-tuning's best validation result)."""
     steps = step_dirs(root)
     newest = {s for s, _ in steps[-keep:]} if keep > 0 else {s for s, _ in steps}
+    best = (root / "best").read_text().strip() if (root / "best").is_file() else None
     for s, path in steps:
-        if s in newest or (keep_every and s % keep_every == 0):
+        if s in newest or (keep_every and s % keep_every == 0) or path.name == best:
             continue
         shutil.rmtree(path, ignore_errors=True)
 
@@ -408,7 +410,8 @@ def main(argv: list[str]) -> int:
         print(f"checkpoint   {directory}")
         print(f"step         {meta.get('step')}   (data stream at global step {meta.get('data', {}).get('step')})")
         print(f"tokens       {tokens:,} (step x global batch x seq length)")
-        print(f"family       {cfg.get('family')}   layout at save: {meta.get('layout')}")
+        arch = cfg.get("model", {}).get("arch", cfg.get("family"))  # family: saved before the task split
+        print(f"arch, task   {arch}, {cfg.get('task', {}).get('name', '-')}   layout at save: {meta.get('layout')}")
         print(f"code         {meta.get('code_version')}")
         print(f"files        {len(files)}, {sum(p.stat().st_size for p in files) / 2**20:.1f} MiB")
         print(f"checksums    {'ok' if problem is None else 'BAD: ' + problem}")

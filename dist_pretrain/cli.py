@@ -83,7 +83,7 @@ def _train(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     commands = {"train", "check", "preprocess", "demo-corpus", "tokenizer", "checkpoint", "export", "import",
-                "generate", "evaluate", "sweep", "scaling"}
+                "generate", "evaluate", "finetune-data", "sweep", "scaling"}
     if not argv or argv[0] not in commands:
         print(f"usage: dist-pretrain {{{','.join(sorted(commands))}}} ...", file=sys.stderr)
         return 2
@@ -134,6 +134,11 @@ def _command(cmd: str, rest: list[str]) -> int:
         from dist_pretrain.scaling.sweep_cli import main as sweep_main
 
         return sweep_main(rest)
+    if cmd == "finetune-data":
+        from dist_pretrain.data.finetune_corpus import main as finetune_data_main
+
+        finetune_data_main(rest)
+        return 0
     if cmd == "tokenizer":
         if not rest or rest[0] != "train":
             print("usage: dist-pretrain tokenizer train --kind bpe|wordpiece|unigram|sentencepiece ...",

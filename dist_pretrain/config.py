@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dist_pretrain.errors import ConfigError
 
@@ -19,19 +19,45 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# architecture -> the tasks it can be trained on; the first is its pretraining task (the default)
+TASKS_OF_ARCH = {
+    "gpt": ("causal_lm",),
+    "bert": ("masked_lm", "classification"),
+    "t5": ("span_corruption", "text_to_text"),
+}
+# task -> the `dist-pretrain preprocess --format` its data is made with
+DATA_FORMAT_OF_TASK = {"causal_lm": "lm", "masked_lm": "docs", "span_corruption": "docs",
+                       "classification": "classification", "text_to_text": "seq2seq"}
+FINETUNE_TASKS = ("classification", "text_to_text")
+# fine-tuning task -> its validation metrics (True: larger is better); the first picks the best checkpoint
+TASK_METRICS = {"classification": {"accuracy": True, "macro_f1": True, "loss": False},
+                "text_to_text": {"rouge_l": True, "exact_match": True, "loss": False}}
+
+
 class ModelConfig(_Section):
+    arch: Literal["gpt", "bert", "t5"] = Field("gpt", description="architecture: gpt (decoder), bert (encoder), "
+                                                                 "t5 (encoder-decoder)")
     num_layers: int = Field(2, ge=1)
     hidden_size: int = Field(128, ge=1)
     num_attention_heads: int = Field(4, ge=1)
     ffn_hidden_size: Optional[int] = Field(None, ge=1, description="default 4 * hidden_size")
     seq_length: int = Field(128, ge=2)
     max_position_embeddings: Optional[int] = Field(None, ge=1, description="default seq_length")
-    position_embedding: Literal["learned", "rope"] = "learned"
+    position_embedding: Literal["learned", "rope", "relative"] = Field(
+        "learned", description="learned absolute, rope (GPT), or relative: T5's bucketed position bias added to "
+                               "the attention logits, one table per encoder / decoder stack")
     rotary_base: int = Field(10000, ge=1)
+    relative_attention_num_buckets: int = Field(32, ge=2, description="T5 relative bias buckets (half exact, half "
+                                                                     "logarithmic)")
+    relative_attention_max_distance: int = Field(128, ge=2, description="T5 relative bias: distances from here on "
+                                                                       "share the last bucket")
+    softmax_scale: Optional[float] = Field(None, gt=0.0, description="scale of the attention logits q.k; default "
+                                           "1/sqrt(head_dim); T5 uses 1.0 (its init scales the queries instead)")
     normalization: Literal["layernorm", "rmsnorm"] = "layernorm"
-    activation: Literal["gelu", "gelu_tanh", "relu", "swiglu", "geglu"] = Field(
+    activation: Literal["gelu", "gelu_tanh", "relu", "swiglu", "geglu", "geglu_tanh"] = Field(
         "gelu", description="MLP activation: gelu (erf), gelu_tanh (GPT-2's approximation), relu; gated: "
-                            "swiglu (silu(gate) * up, Llama), geglu (gelu(gate) * up)")
+                            "swiglu (silu(gate) * up, Llama), geglu (gelu(gate) * up), geglu_tanh (the tanh "
+                            "approximation: T5 v1.1's gated-gelu)")
     bias: bool = Field(True, description="biases in the linear layers")
     num_query_groups: Optional[int] = Field(None, ge=1, description="key/value heads (GQA); default: one per "
                                                                    "attention head")
@@ -54,6 +80,11 @@ class ModelConfig(_Section):
     def max_positions(self) -> int:
         return self.max_position_embeddings or self.seq_length
 
+    @property
+    def decoder_length(self) -> int:
+        """T5's target (decoder) length."""
+        return self.decoder_seq_length or max(2, self.seq_length // 4)
+
 
 class ParallelConfig(_Section):
     tensor: int = Field(1, ge=1)
@@ -68,6 +99,8 @@ class ParallelConfig(_Section):
 
 class TrainConfig(_Section):
     steps: int = Field(100, ge=1)
+    epochs: Optional[int] = Field(None, ge=1, description="fine-tuning: passes over the training split; sets "
+                                  "train.steps to epochs x ceil(examples / global_batch_size)")
     micro_batch_size: int = Field(4, ge=1)
     global_batch_size: int = Field(8, ge=1)
     lr: float = Field(6e-4, gt=0.0)
@@ -144,15 +177,34 @@ class CheckpointConfig(_Section):
     init_allow_unexpected: list[str] = Field([], description="patterns of init_from weights the model lacks")
 
 
-class ObjectiveConfig(_Section):
-    """BERT masked LM and T5 span corruption settings (GPT's causal LM has none)."""
+class TaskConfig(_Section):
+    """What the architecture is trained to do, and that task's settings.
 
+    ``name`` defaults to the architecture's pretraining task (``TASKS_OF_ARCH``). Masked LM
+    (BERT) and span corruption (T5) have settings; causal LM (GPT) has none.
+    """
+
+    name: Literal["causal_lm", "masked_lm", "span_corruption", "classification", "text_to_text"] = Field(
+        "causal_lm", description="causal_lm (gpt), masked_lm or classification (bert), span_corruption or "
+                                 "text_to_text (t5); default: the architecture's pretraining task")
     mask_prob: float = Field(0.15, gt=0.0, lt=1.0)
     whole_word_masking: bool = False
     next_sentence_prediction: bool = Field(False, description="BERT binary head; off as in RoBERTa")
     noise_density: float = Field(0.15, gt=0.0, lt=1.0)
     mean_noise_span_length: float = Field(3.0, ge=1.0)
     tokenizer: Optional[str] = Field(None, description="for special / sentinel ids; default: the data's")
+    # fine-tuning (classification, text_to_text)
+    labels: Optional[list[str]] = Field(None, description="classification: label names in id order; default: "
+                                        "the data's (saved with checkpoints and exports)")
+    classifier_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout before the classification layer")
+    head_lr: Optional[float] = Field(None, gt=0.0, description="learning rate of the new head (pooler and "
+                                     "classifier); default train.lr; follows the same schedule")
+    freeze_encoder: bool = Field(False, description="train only the head (classification)")
+    best_metric: Optional[str] = Field(None, description="validation metric that picks the best checkpoint: "
+                                       "accuracy, macro_f1, loss (classification; default accuracy), exact_match, "
+                                       "rouge_l, loss (text_to_text; default rouge_l)")
+    max_new_tokens: Optional[int] = Field(None, ge=1, description="text_to_text evaluation: generated tokens; "
+                                          "default model.decoder_seq_length")
 
 
 class DeepSpeedConfig(_Section):
@@ -162,7 +214,6 @@ class DeepSpeedConfig(_Section):
 
 
 class Config(_Section):
-    family: Literal["gpt", "bert", "t5"] = "gpt"
     seed: int = 1234
     run_dir: str = "runs/default"
     model: ModelConfig = ModelConfig()
@@ -171,8 +222,41 @@ class Config(_Section):
     data: DataConfig = DataConfig()
     monitor: MonitorConfig = MonitorConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
-    objective: ObjectiveConfig = ObjectiveConfig()
+    task: TaskConfig = TaskConfig()
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_family(cls, tree: Any) -> Any:
+        """Configs (and checkpoints) written before architecture and task were separate:
+        ``family: X`` is ``model.arch: X`` with X's pretraining task, and the ``objective``
+        section is now ``task``. The task defaults to the architecture's pretraining task."""
+        if not isinstance(tree, dict):
+            return tree
+        tree = dict(tree)
+        model = dict(tree.get("model") or {})
+        task = dict(tree.get("task") or {})
+        if "family" in tree:
+            family = tree.pop("family")
+            if model.get("arch", family) != family:
+                raise ValueError(f"family={family} (the old name of model.arch) and model.arch={model['arch']} "
+                                 "disagree; keep only model.arch")
+            model["arch"] = family
+        if "objective" in tree:
+            old = tree.pop("objective") or {}
+            if not isinstance(old, dict):
+                raise ValueError(f"objective={old!r} must be a section (it is now called task)")
+            task = {**old, **task}
+        arch = model.get("arch", "gpt")
+        if "name" not in task and arch in TASKS_OF_ARCH:
+            task["name"] = TASKS_OF_ARCH[arch][0]
+        tree["model"], tree["task"] = model, task
+        return tree
+
+    @property
+    def family(self) -> str:
+        """The architecture (``model.arch``), under the name it had before tasks were separate."""
+        return self.model.arch
 
 
 # --------------------------------------------------------------------------- loading
@@ -212,7 +296,9 @@ def _format_validation_error(err: ValidationError, tree: dict) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":
+        if not key:  # a whole-config rule (the family -> model.arch migration)
+            lines.append(e["msg"].removeprefix("Value error, "))
+        elif e["type"] == "extra_forbidden":
             section = Config
             for part in e["loc"][:-1]:
                 section = section.model_fields[str(part)].annotation

@@ -34,8 +34,28 @@ def validate(cfg: Config, world_size: int, vocab_size: Optional[int] = None) -> 
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
 
 
+def _finetune_problems(cfg: Config, err) -> None:
+    from dist_pretrain.config import TASK_METRICS as METRICS
+
+    task, par = cfg.task, cfg.parallel
+    if task.name not in METRICS:
+        return
+    if task.best_metric is not None and task.best_metric not in METRICS[task.name]:
+        err(f"task.best_metric={task.best_metric} is not a {task.name} metric; use one of "
+            f"{', '.join(METRICS[task.name])}")
+    if task.head_lr is not None and par.zero_stage == 0:
+        err(f"task.head_lr={task.head_lr} needs parallel.zero_stage >= 1 (DeepSpeed's parameter groups)")
+    if task.freeze_encoder and par.pipeline > 1:
+        err("task.freeze_encoder=true trains only the head, which lives on the last pipeline stage; use "
+            "parallel.pipeline=1")
+    if (task.head_lr is not None or task.freeze_encoder) and task.name != "classification":
+        err(f"task.head_lr and task.freeze_encoder apply to the new head of classification, not {task.name}")
+
+
 def config_problems(cfg: Config, world_size: int, vocab_size: Optional[int] = None) -> list[str]:
     """Every cross-field problem of ``cfg`` at ``world_size`` processes, one line each."""
+    from dist_pretrain.config import TASKS_OF_ARCH
+
     m, par, tr = cfg.model, cfg.parallel, cfg.train
     tp, pp, vpp = par.tensor, par.pipeline, par.virtual_pipeline
     errors: list[str] = []
@@ -43,6 +63,14 @@ def config_problems(cfg: Config, world_size: int, vocab_size: Optional[int] = No
     def err(msg: str) -> None:
         errors.append(msg)
 
+    if cfg.task.name not in TASKS_OF_ARCH[m.arch]:
+        err(f"task.name={cfg.task.name} does not fit model.arch={m.arch}; its tasks: "
+            f"{', '.join(TASKS_OF_ARCH[m.arch])}")
+    _finetune_problems(cfg, err)
+
+    tasks = TASKS_OF_ARCH[m.arch]
+    if cfg.task.name not in tasks:
+        err(f"task.name={cfg.task.name} does not fit model.arch={m.arch}; its tasks: {', '.join(tasks)}")
     if world_size % (tp * pp):
         err(
             f"world size {world_size} is not divisible by parallel.tensor={tp} x "
@@ -67,10 +95,20 @@ def config_problems(cfg: Config, world_size: int, vocab_size: Optional[int] = No
         err(f"model.num_query_groups={groups} is not divisible by parallel.tensor={tp}")
     if m.ffn % tp:
         err(f"model.ffn_hidden_size={m.ffn} is not divisible by parallel.tensor={tp}")
+    if m.position_embedding == "relative" and m.arch != "t5":
+        err(f"model.position_embedding=relative is T5's relative position bias; model.arch={m.arch} takes "
+            "learned or rope")
+    if m.position_embedding == "rope" and m.arch == "t5":
+        err("model.position_embedding=rope: model.arch=t5 takes learned (absolute) or relative (T5's bias)")
+    exact = m.relative_attention_num_buckets // 2  # the decoder's exact-distance buckets
+    if m.position_embedding == "relative" and m.relative_attention_max_distance <= exact:
+        err(f"model.relative_attention_max_distance={m.relative_attention_max_distance} must exceed the exact "
+            f"buckets, model.relative_attention_num_buckets={m.relative_attention_num_buckets} // 2 = {exact} "
+            f"(the logarithmic buckets span the distances in between); use at least {exact + 1}")
     if m.seq_length > m.max_positions:
         err(f"model.seq_length={m.seq_length} exceeds model.max_position_embeddings={m.max_positions}")
     chunks = pp * (vpp or 1)
-    if m.num_layers % chunks and cfg.family != "t5":
+    if m.num_layers % chunks and m.arch != "t5":
         err(
             f"model.num_layers={m.num_layers} is not divisible by parallel.pipeline={pp} x "
             f"parallel.virtual_pipeline={vpp or 1}; use a multiple of {chunks}"
@@ -123,8 +161,8 @@ def config_problems(cfg: Config, world_size: int, vocab_size: Optional[int] = No
             f"padded vocab {padded_vocab_size(cfg, vocab_size)} is not divisible by parallel.tensor={tp}; "
             "raise model.make_vocab_size_divisible_by"
         )
-    if cfg.family == "t5" and pp > 1 and (pp != 2 or (vpp or 1) > 1 or par.zero_stage == 0):
-        err(f"family=t5 with parallel.pipeline={pp}, parallel.virtual_pipeline={vpp}, "
+    if m.arch == "t5" and pp > 1 and (pp != 2 or (vpp or 1) > 1 or par.zero_stage == 0):
+        err(f"model.arch=t5 with parallel.pipeline={pp}, parallel.virtual_pipeline={vpp}, "
             f"parallel.zero_stage={par.zero_stage}: T5 pipelines as encoder stage + decoder stage, "
             "so use parallel.pipeline=2 without virtual pipeline, and parallel.zero_stage >= 1")
     if m.recompute == "selective":

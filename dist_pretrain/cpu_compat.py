@@ -25,7 +25,8 @@ sites it serves:
   ``torch.zeros(1, device="cuda")`` token counters, ``clip_grads``, the optimizer's
   found-inf buffers, ``p2p_communication`` shapes) -> CPU, through one
   ``TorchFunctionMode`` (``_CudaToCpuMode``). A mode is per thread: it is pushed on the
-  thread that trains.
+  thread that trains, and pushed again for the backward pass (custom autograd functions'
+  backward, e.g. megatron's scatter of T5's relative position bias, allocate on CUDA too).
 * ``Tensor.type()`` -> ``torch.cuda.*Tensor`` names, only when called from
   ``megatron.core.optimizer`` (``clip_grads`` asserts ``torch.cuda.FloatTensor``,
   ``optimizer.py`` and ``distrib_optimizer.py`` dispatch on it and raise TypeError for
@@ -94,7 +95,32 @@ class _CudaToCpuMode(TorchFunctionMode):
             kwargs["device"] = _CPU
         if func is torch.Tensor.to and len(args) > 1 and _is_cuda(args[1]):
             args = (args[0], _CPU, *args[2:])
+        if func is torch.autograd.backward or func is torch.Tensor.backward:
+            # a mode is off while its own handler runs, and the whole backward pass runs inside
+            # this call: custom autograd functions' backward (megatron's all-gather behind
+            # scatter_to_tensor_model_parallel_region, used for T5's relative position bias)
+            # allocate on torch.cuda.current_device() too. Run the engine with the mode on.
+            with self:
+                return _run_backward(*args, **kwargs)
         return func(*args, **kwargs)
+
+
+def _run_backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, inputs=None):
+    """``torch.autograd.backward`` without its torch-function dispatch (which would pop the mode
+    again): the autograd engine's entry point, as megatron's own ``custom_backward`` calls it."""
+    from torch.autograd import Variable
+
+    tensors = (tensors,) if isinstance(tensors, torch.Tensor) else tuple(tensors)
+    if grad_tensors is None:
+        grad_tensors = (None,) * len(tensors)
+    elif isinstance(grad_tensors, torch.Tensor):
+        grad_tensors = (grad_tensors,)
+    # as torch.autograd.backward: a scalar output without a gradient gets 1
+    grads = tuple(torch.ones_like(t) if g is None and t.numel() == 1 else g for t, g in zip(tensors, grad_tensors))
+    inputs = () if inputs is None else ((inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs))
+    Variable._execution_engine.run_backward(
+        tensors, grads, create_graph if retain_graph is None else retain_graph, create_graph, inputs,
+        allow_unreachable=True, accumulate_grad=True)
 
 
 def enable() -> bool:

@@ -110,31 +110,37 @@ class EngineChunk(torch.nn.Module):
         return self._engine(self.chunk_id, *args, **kwargs)
 
 
-def _param_groups(chunks: list[torch.nn.Module], weight_decay: float) -> list[dict]:
-    """AdamW groups: no weight decay on biases and norm weights (the usual GPT recipe)."""
-    decay, no_decay = [], []
+def _param_groups(chunks: list[torch.nn.Module], weight_decay: float, head: tuple[str, ...] = (),
+                  head_lr_mult: float = 1.0) -> list[dict]:
+    """AdamW groups: no weight decay on biases and norm weights (the usual GPT recipe); with
+    ``head_lr_mult`` != 1 the parameters matching ``head`` (a fine-tuning task's new layers)
+    form groups of their own whose learning rate is ``lr_mult`` times the schedule's."""
+    import fnmatch
+
+    groups: dict[tuple[bool, bool], list] = {}
     for chunk in chunks:
         for name, p in chunk.named_parameters():
             if not p.requires_grad:
                 continue
-            (no_decay if p.dim() == 1 or name.endswith("bias") else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+            is_head = head_lr_mult != 1.0 and any(fnmatch.fnmatchcase(name, pat) for pat in head)
+            groups.setdefault((is_head, p.dim() == 1 or name.endswith("bias")), []).append(p)
+    return [{"params": params, "weight_decay": 0.0 if no_decay else weight_decay,
+             "lr_mult": head_lr_mult if is_head else 1.0}
+            for (is_head, no_decay), params in sorted(groups.items())]
 
 
 class ZeroEngine:
     """Megatron chunks + DeepSpeed ZeRO (stages 1-3): backward hooks, reduction, update."""
 
-    def __init__(self, chunks: list[torch.nn.Module], ds_config: dict, train_cfg, num_microbatches: int):
+    def __init__(self, chunks: list[torch.nn.Module], ds_config: dict, train_cfg, num_microbatches: int,
+                 head: tuple[str, ...] = (), head_lr_mult: float = 1.0):
         import deepspeed  # its version is checked at start-up (dist_pretrain.versions)
 
         self.num_chunks = len(chunks)
         self.num_microbatches = num_microbatches
         self._mark_tied_copies(chunks)
         optimizer = torch.optim.AdamW(
-            _param_groups(chunks, train_cfg.weight_decay),
+            _param_groups(chunks, train_cfg.weight_decay, head, head_lr_mult),
             lr=train_cfg.lr,
             betas=(train_cfg.adam_beta1, train_cfg.adam_beta2),
             eps=train_cfg.adam_eps,
@@ -202,7 +208,7 @@ class ZeroEngine:
         (``bf16.check_grad_overflow`` makes it do so in bf16 too); ``_step_applied`` says so.
         """
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_mult", 1.0)
         self.engine.step()
         self._backwards_this_step = 0
         norm = self.engine.get_global_grad_norm()

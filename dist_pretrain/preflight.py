@@ -10,7 +10,7 @@ check on every rank before its process groups exist. It covers:
   (``config_rules``), the DeepSpeed JSON;
 * the data: every manifest readable, its shards on disk (of the right size: with
   ``data.on_corrupt=fail`` a wrong size is an error, with ``skip`` a warning), datasets
-  that agree on tokenizer and sequence length, the data format of the family, and a
+  that agree on tokenizer and sequence length, the data format of the task, and a
   validation split that feeds ``train.eval_steps`` global batches;
 * the checkpoint to resume from: an explicit ``checkpoint.resume`` path that exists, is
   one checkpoint and verifies; the model shape it was saved with;
@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dist_pretrain.checkpoint_files import step_dirs, verify
-from dist_pretrain.config import Config, config_problems, load_config
+from dist_pretrain.config import DATA_FORMAT_OF_TASK, FINETUNE_TASKS, Config, config_problems, load_config
 from dist_pretrain.data.manifest import (
     DataError,
     eval_steps_for,
@@ -41,7 +42,7 @@ from dist_pretrain.errors import EXIT_USER_ERROR, ConfigError, UserError, report
 
 # model keys whose change makes a checkpoint's tensors the wrong shape
 SHAPE_KEYS = ["num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "encoder_num_layers",
-              "position_embedding", "max_position_embeddings", "tie_embeddings", "vocab_size",
+              "position_embedding", "relative_attention_num_buckets", "max_position_embeddings", "tie_embeddings", "vocab_size",
               "make_vocab_size_divisible_by"]
 
 
@@ -52,6 +53,8 @@ class Report:
     vocab_size: int | None = None  # the tokenizer's (unpadded), when the data gives it
     eval_steps: int | None = None  # validation steps of global_batch_size samples
     eval_note: str = ""  # which validation samples are evaluated
+    steps: int | None = None  # train.steps, or what train.epochs makes of it
+    labels: list[str] | None = None  # classification: label names in id order (the data's)
 
     def raise_errors(self) -> None:
         if self.errors:
@@ -60,8 +63,11 @@ class Report:
 
 def check(cfg: Config, world_size: int, verify_checkpoint: bool = True) -> Report:
     """Every problem of ``cfg`` at ``world_size`` processes (one line each), and what the run needs."""
-    report = Report()
-    _check_data(cfg, report)
+    report = Report(steps=cfg.train.steps)
+    if cfg.task.name in FINETUNE_TASKS:
+        _check_labelled_data(cfg, report)
+    else:
+        _check_data(cfg, report)
     if cfg.data.synthetic:
         report.vocab_size = cfg.model.vocab_size or 512
         if cfg.train.eval_steps == "all":
@@ -123,15 +129,69 @@ def _check_data(cfg: Config, report: Report) -> None:
         _check_validation(cfg, first_path, first, report)
 
 
-def _check_format(cfg: Config, path: str, manifest: dict, key: str, report: Report) -> None:
-    packed = str(manifest.get("format", "")).startswith("dist_pretrain.lm")
-    if packed != (cfg.family == "gpt"):
-        wanted = "--format lm (packed sequences)" if cfg.family == "gpt" else "--format docs"
-        report.errors.append(f"family={cfg.family} needs data preprocessed with {wanted}; {key}={path} has "
-                             f"format {manifest.get('format')!r}")
-    elif packed and manifest["seq_len"] != cfg.model.seq_length:
+def _check_labelled_data(cfg: Config, report: Report) -> None:
+    """Fine-tuning data: one labelled dataset (``preprocess --format classification|seq2seq``)
+    whose examples fit the model; train.epochs becomes steps; labels come from it."""
+    task, tr = cfg.task.name, cfg.train
+    if cfg.data.synthetic or cfg.data.blend:
+        report.errors.append(f"task.name={task} reads one labelled dataset: set data.path=DIR from `dist-pretrain "
+                             f"preprocess --format {DATA_FORMAT_OF_TASK[task]}` (not data.synthetic or data.blend)")
+        return
+    if not cfg.data.path:
+        return  # config_problems says so
+    if not os.path.isdir(cfg.data.path):
+        report.errors.append(f"data.path={cfg.data.path} does not exist; create it with: dist-pretrain preprocess "
+                             f"--format {DATA_FORMAT_OF_TASK[task]} --input FILES --tokenizer T --seq-len "
+                             f"{cfg.model.seq_length} --output {cfg.data.path}")
+        return
+    manifest = _manifest(cfg.data.path, report)
+    if manifest is None:
+        return
+    report.vocab_size = cfg.model.vocab_size or int(manifest["tokenizer"]["vocab_size"])
+    if not _check_format(cfg, cfg.data.path, manifest, "data.path", report):
+        return
+    if manifest["seq_len"] > cfg.model.seq_length:
+        report.errors.append(f"data.path={cfg.data.path} was preprocessed with --seq-len {manifest['seq_len']}, "
+                             f"longer than model.seq_length={cfg.model.seq_length}; set model.seq_length >= "
+                             f"{manifest['seq_len']} or preprocess again")
+    if task == "text_to_text" and manifest["target_len"] > cfg.model.decoder_length:
+        report.errors.append(f"data.path={cfg.data.path} has --target-len {manifest['target_len']}, longer than "
+                             f"model.decoder_seq_length={cfg.model.decoder_length}; raise model.decoder_seq_length")
+    if task == "classification":
+        report.labels = list(manifest["labels"])
+        if cfg.task.labels is not None and list(cfg.task.labels) != report.labels:
+            report.errors.append(f"task.labels={cfg.task.labels} but data.path={cfg.data.path} has labels "
+                                 f"{report.labels} (in id order); leave task.labels unset")
+    splits = {s: int(manifest["splits"].get(s, {}).get("samples", 0)) for s in ("train", "valid", "test")}
+    if splits["train"] == 0:
+        report.errors.append(f"data.path={cfg.data.path} has no training examples (files named *train*, or "
+                             "records left by --val-fraction / --test-fraction)")
+        return
+    if tr.epochs:
+        report.steps = tr.epochs * math.ceil(splits["train"] / tr.global_batch_size)  # data/epochs.py
+    if tr.eval_interval and splits["valid"] == 0:
+        report.errors.append(f"train.eval_interval={tr.eval_interval} needs a validation split, and "
+                             f"data.path={cfg.data.path} has none: preprocess with --val-fraction or a file "
+                             "named *validation*, or set train.eval_interval=0")
+    report.eval_steps = math.ceil(splits["valid"] / tr.global_batch_size)
+    report.eval_note = (f"validation: all {splits['valid']} examples of {cfg.data.path}; test: {splits['test']}"
+                        if splits["valid"] else "")
+
+
+def _check_format(cfg: Config, path: str, manifest: dict, key: str, report: Report) -> bool:
+    fmt = str(manifest.get("format", ""))
+    packed = fmt.startswith("dist_pretrain.lm")
+    wanted = DATA_FORMAT_OF_TASK[cfg.task.name]
+    kind = fmt.removeprefix("dist_pretrain.").split("/")[0]
+    if kind != wanted:
+        what = "--format lm (packed sequences)" if wanted == "lm" else f"--format {wanted}"
+        report.errors.append(f"task.name={cfg.task.name} (model.arch={cfg.model.arch}) needs data preprocessed "
+                             f"with {what}; {key}={path} has format {manifest.get('format')!r}")
+        return False
+    if packed and manifest["seq_len"] != cfg.model.seq_length:
         report.errors.append(f"model.seq_length={cfg.model.seq_length} but {key}={path} was preprocessed with "
                              f"--seq-len {manifest['seq_len']}; set model.seq_length={manifest['seq_len']}")
+    return True
 
 
 def _check_validation(cfg: Config, first_path: str, first: dict, report: Report) -> None:
@@ -214,8 +274,9 @@ def _check_shapes(cfg: Config, path: Path, report: Report) -> None:
         saved = json.loads((path / "meta.json").read_text())["config"]
     except (OSError, ValueError, KeyError, TypeError):
         return  # verification (here or at resume) names the damage
-    if saved.get("family") != cfg.family:
-        report.errors.append(f"checkpoint {path} is a {saved.get('family')} model but family={cfg.family}; "
+    saved_arch = saved.get("model", {}).get("arch", saved.get("family"))
+    if saved_arch != cfg.model.arch:
+        report.errors.append(f"checkpoint {path} is a {saved_arch} model but model.arch={cfg.model.arch}; "
                              "use another run_dir or checkpoint.resume=none")
         return
     now = cfg.model.model_dump()
@@ -232,9 +293,12 @@ def _summary(cfg: Config, world_size: int, report: Report) -> str:
     data = "synthetic" if cfg.data.synthetic else ", ".join(p for p, _ in cfg.data.sources())
     evals = (f"{report.eval_steps} x {tr.global_batch_size} validation samples every {tr.eval_interval} steps"
              if tr.eval_interval else "no validation")
-    return (f"ok: {cfg.family} at world size {world_size}: TP {par.tensor} x PP {par.pipeline} x DP {dp}, "
-            f"ZeRO-{par.zero_stage}, {tr.steps} steps of {tr.global_batch_size} samples; data {data}; {evals}; "
-            f"run_dir {cfg.run_dir}")
+    if cfg.task.name in FINETUNE_TASKS and tr.eval_interval:
+        evals = f"{report.eval_note} every {tr.eval_interval} steps and at each epoch end"
+    epochs = f" ({tr.epochs} epochs)" if tr.epochs else ""
+    return (f"ok: {cfg.model.arch} {cfg.task.name} at world size {world_size}: TP {par.tensor} x PP {par.pipeline} "
+            f"x DP {dp}, ZeRO-{par.zero_stage}, {report.steps} steps{epochs} of {tr.global_batch_size} samples; "
+            f"data {data}; {evals}; run_dir {cfg.run_dir}")
 
 
 def _value(cfg: Config, dotted: str):

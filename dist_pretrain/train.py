@@ -1,18 +1,20 @@
-"""The training loop, one for all model families.
+"""The training loop, one for all architectures and tasks.
 
-A family (``dist_pretrain.families``) supplies the model chunks, the forward step with
-its loss and the batches; megatron-core's pipeline schedule runs the micro-batches of a
+An architecture (``dist_pretrain.models.architecture``) supplies the model chunks; a task
+(``dist_pretrain.tasks``) the batches and the forward step with its loss and metrics;
+megatron-core's pipeline schedule runs the micro-batches of a
 step (no pipelining, 1F1B or interleaved) and the engine (DeepSpeed ZeRO, or megatron's
 own DDP at ZeRO stage 0) reduces gradients and applies the AdamW update.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from megatron.core import parallel_state
@@ -21,10 +23,8 @@ from megatron.core.transformer.module import Float16Module
 from megatron.core.utils import get_model_config
 
 from dist_pretrain import versions
-from dist_pretrain.config import Config, deepspeed_config, padded_vocab_size
+from dist_pretrain.config import FINETUNE_TASKS, Config, deepspeed_config, padded_vocab_size
 from dist_pretrain.errors import agree
-from dist_pretrain.families import get_family
-from dist_pretrain.families.gpt import fan_out
 from dist_pretrain.faults import (
     StopSignals,
     StopTraining,
@@ -32,6 +32,8 @@ from dist_pretrain.faults import (
     fault_nan_steps,
     poisoned,
 )
+from dist_pretrain.finetune import Selection, derived_config, freeze_all_but
+from dist_pretrain.models.architecture import get_architecture
 from dist_pretrain.models.init import init_layout_independent
 from dist_pretrain.models.megatron_config import transformer_config
 from dist_pretrain.monitor import (
@@ -47,6 +49,7 @@ from dist_pretrain.runtime import (
     seed_everything,
     world_size_from_env,
 )
+from dist_pretrain.tasks import get_task
 
 
 def wsd_decay_steps(cfg: Config) -> int:
@@ -77,21 +80,26 @@ def learning_rate(step: int, cfg: Config) -> float:
     return tr.min_lr + 0.5 * (tr.lr - tr.min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def build_model_chunks(cfg: Config, family, tconfig, vocab_size: int) -> list[torch.nn.Module]:
+def fan_out(iterator: Iterator, n: int) -> list[Iterator]:
+    """The same micro-batch stream for each of ``n`` interleaved chunks on this rank."""
+    return list(itertools.tee(iterator, n)) if n > 1 else [iterator]
+
+
+def build_model_chunks(cfg: Config, arch, tconfig, vocab_size: int) -> list[torch.nn.Module]:
     """This rank's pipeline chunks (several with a virtual pipeline), seed-only initial weights."""
     vpp = parallel_state.get_virtual_pipeline_model_parallel_world_size()
     chunks = []
     for vp_stage in range(vpp or 1):
         stage = vp_stage if vpp else None
-        chunks.append(family.build_chunk(
+        chunks.append(arch.build_chunk(
             cfg, tconfig, vocab_size,
             pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
             post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
             vp_stage=stage,
         ))
     init_layout_independent(chunks, cfg.seed, cfg.model.init_std, cfg.model.num_layers,
-                            family.tied_parameter_names(cfg))
-    mark_stage_shared(chunks, family.stage_shared_parameter_names(cfg))
+                            arch.tied_parameter_names(cfg))
+    mark_stage_shared(chunks, arch.stage_shared_parameter_names(cfg))
     if tconfig.bf16:
         chunks = [Float16Module(tconfig, c) for c in chunks]
     return chunks
@@ -112,7 +120,7 @@ def mark_stage_shared(chunks: list[torch.nn.Module], names: set[str]) -> None:
                     p.shared = True
 
 
-def build_engine(cfg: Config, rt: Runtime, chunks, tconfig, num_microbatches: int):
+def build_engine(cfg: Config, rt: Runtime, chunks, tconfig, num_microbatches: int, head: tuple[str, ...] = ()):
     if cfg.parallel.zero_stage == 0:
         from dist_pretrain.megatron_engine import MegatronDDPEngine
 
@@ -123,7 +131,8 @@ def build_engine(cfg: Config, rt: Runtime, chunks, tconfig, num_microbatches: in
         from dist_pretrain.engine import ZeroEngine
 
         ds_cfg = deepspeed_config(cfg, rt.dp, num_microbatches)
-        engine = ZeroEngine(chunks, ds_cfg, cfg.train, num_microbatches)
+        head_lr_mult = cfg.task.head_lr / cfg.train.lr if cfg.task.head_lr else 1.0
+        engine = ZeroEngine(chunks, ds_cfg, cfg.train, num_microbatches, head, head_lr_mult)
     for chunk in chunks:  # the schedule reads its hooks from the chunk's own config
         chunk_config = get_model_config(chunk)
         chunk_config.no_sync_func = engine.no_sync
@@ -164,6 +173,7 @@ class Trainer:
 
         report = check(cfg, world_size_from_env(), verify_checkpoint=False)  # rank 0 verifies it below
         report.raise_errors()
+        cfg = derived_config(cfg, report)
         vocab, self.eval_steps = report.vocab_size, report.eval_steps
         self.cfg = cfg
         par = cfg.parallel
@@ -176,17 +186,23 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         seed_everything(cfg.seed)
-        self.family = get_family(cfg.family)
-        self.metric_keys = self.family.metric_keys(cfg)
+        self.arch = get_architecture(cfg.model.arch)
+        self.task = get_task(cfg.task.name)
+        self.metric_keys = self.task.metric_keys(cfg)
         self.vocab_size = padded_vocab_size(cfg, vocab)
         self.tconfig = transformer_config(cfg, self.rt.on_gpu)
         self.num_microbatches = cfg.train.global_batch_size // (cfg.train.micro_batch_size * self.rt.dp)
-        chunks = build_model_chunks(cfg, self.family, self.tconfig, self.vocab_size)
+        chunks = build_model_chunks(cfg, self.arch, self.tconfig, self.vocab_size)
         self.num_chunks = len(chunks)
         resume_from = self._resume_path()
         if resume_from is None and cfg.checkpoint.init_from:
             self._init_from(chunks)
-        self.engine = build_engine(cfg, self.rt, chunks, self.tconfig, self.num_microbatches)
+        head = self.arch.head_parameter_names(cfg)
+        if cfg.task.freeze_encoder:
+            freeze_all_but(chunks, head)
+        self.engine = build_engine(cfg, self.rt, chunks, self.tconfig, self.num_microbatches, head)
+        self.selection = Selection(self) if cfg.task.name in FINETUNE_TASKS else None
+        self.current_step = 0
         self.start_step, self.skipped_steps = self._resume(resume_from)
         self.skipped_in_a_row = 0
         self.forward_backward = get_forward_backward_func()
@@ -194,15 +210,15 @@ class Trainer:
                                cfg.train.log_interval)
         self.train_stream = self._batches("train")
         self.train_data = TimedIterator(to_device(self.train_stream, self.rt.device))
-        self.flops_per_step = cfg.train.global_batch_size * self.family.flops_per_sample(cfg, self.vocab_size)
-        self.tokens_per_step = cfg.train.global_batch_size * self.family.tokens_per_sample(cfg)
+        self.flops_per_step = cfg.train.global_batch_size * self.arch.flops_per_sample(cfg, self.vocab_size)
+        self.tokens_per_step = cfg.train.global_batch_size * self.arch.tokens_per_sample(cfg)
         self.peak_tflops = cfg.monitor.peak_tflops or measure_gemm_tflops(
             torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32, self.rt.device)
 
     def _batches(self, split: str):
-        return self.family.batches(self.cfg, split, self.rt.dp_rank, self.rt.dp,
-                                   self.cfg.train.micro_batch_size, self.cfg.seed, self.vocab_size,
-                                   start_step=self.start_step if split == "train" else 0)
+        return self.task.batches(self.cfg, split, self.rt.dp_rank, self.rt.dp,
+                                 self.cfg.train.micro_batch_size, self.cfg.seed, self.vocab_size,
+                                 start_step=self.start_step if split == "train" else 0)
 
     def _resume_path(self) -> Path | None:
         """The checkpoint to resume from: the newest good one in run_dir (or checkpoint.resume)."""
@@ -234,18 +250,22 @@ class Trainer:
         from dist_pretrain.models.load import load_weights
 
         ck = self.cfg.checkpoint
-        kept = load_weights(chunks, ck.init_from, ck.init_allow_missing, ck.init_allow_unexpected)
+        new_head = list(self.arch.head_parameter_names(self.cfg))  # a fine-tuning task's new layers
+        dropped = ["lm_head.*", "output_layer.*", "binary_head.*"] if new_head else []  # pretraining heads
+        kept = load_weights(chunks, ck.init_from, ck.init_allow_missing + new_head,
+                            ck.init_allow_unexpected + dropped)
         if self.rt.is_logging_rank:
-            note = f"; kept initial values of {', '.join(kept)}" if kept else ""
+            note = f"; kept initial values (seed {self.cfg.seed}) of {', '.join(kept)}" if kept else ""
             print(f"initialized weights from {ck.init_from} (weights only, step 0){note}", flush=True)
 
     def _resume(self, path: Path | None) -> tuple[int, int]:
         """Restore the full training state from ``path`` (if any); returns (step, skipped steps)."""
-        from dist_pretrain import checkpoint
 
         if path is None:
             return 0, 0
         meta = agree(lambda: self._load(path), "resume")
+        if self.selection is not None:
+            self.selection.load_state_dict(meta.get("data", {}).get("selection"))
         if self.rt.is_logging_rank:
             was = meta["layout"]
             print(f"resumed from {path} (step {meta['step']}; saved at TP {was['tp']} PP {was['pp']} "
@@ -253,7 +273,9 @@ class Trainer:
         return int(meta["step"]), int(meta.get("skipped_steps", 0))
 
     def _load(self, path: Path) -> dict:
-        from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
+        from torch.distributed.checkpoint.api import (
+            CheckpointException,  # a BaseException
+        )
 
         from dist_pretrain import checkpoint
 
@@ -273,7 +295,7 @@ class Trainer:
 
     def _run_schedule(self, data, forward_only: bool, poison: bool = False) -> list[dict]:
         iterators = fan_out(data, self.num_chunks)
-        step_func = poisoned(self.family.forward_step) if poison else self.family.forward_step
+        step_func = poisoned(self.task.forward_step) if poison else self.task.forward_step
         return self.forward_backward(
             forward_step_func=step_func,
             data_iterator=iterators if self.num_chunks > 1 else iterators[0],
@@ -295,7 +317,7 @@ class Trainer:
         step_s = time.perf_counter() - t0
         data_wait = self.train_data.take_wait()
         values = {**{f"train/{_tag(k)}": v for k, v in metrics.items()},
-                  "train/loss": metrics[self.family.loss_key], "train/lr": lr, "train/grad_norm": grad_norm,
+                  "train/loss": metrics[self.task.loss_key], "train/lr": lr, "train/grad_norm": grad_norm,
                   "time/step_s": step_s, "time/data_wait_s": data_wait,
                   "time/data_wait_share": data_wait / step_s, "memory/peak_gb": memory_gb(self.rt.device)}
         values.update(throughput(self.tokens_per_step, self.flops_per_step, step_s,
@@ -327,12 +349,18 @@ class Trainer:
             )
 
     def data_state(self) -> dict:
-        """Where the training stream stands (for checkpoints): global steps handed out."""
+        """Where the training stream stands (for checkpoints): global steps handed out, and a
+        fine-tuning run's best validation result so far."""
         state = getattr(self.train_stream, "state_dict", None)
-        return state() if state else {}
+        state = state() if state else {}
+        if self.selection is not None:
+            state["selection"] = self.selection.state_dict()
+        return state
 
     @torch.no_grad()
     def evaluate(self, stop: StopSignals | None = None) -> dict[str, float]:
+        if self.selection is not None:  # fine-tuning: whole-split metrics (dist_pretrain.finetune)
+            return self.selection.evaluate(self.current_step)
         self.engine.train(False)
         batches = self._batches("valid")
         data = to_device(batches, self.rt.device)
@@ -345,7 +373,7 @@ class Trainer:
                 outputs = self._run_schedule(self._fetch(data, "validation data"), forward_only=True)
                 for key, value in _global_metrics(outputs, self.metric_keys, self.rt).items():
                     totals[key] = totals.get(key, 0.0) + value / self.eval_steps
-                    if key == self.family.loss_key:
+                    if key == self.task.loss_key:
                         batch_losses.append(value)
         finally:
             # stop this pass's loader workers now: left running they block the process exit
@@ -353,7 +381,7 @@ class Trainer:
             if hasattr(batches, "close"):
                 batches.close()
         self.engine.train(True)
-        val_loss = totals.pop(self.family.loss_key)
+        val_loss = totals.pop(self.task.loss_key)
         # standard error of the mean over the validation batches (each a global batch's mean)
         se = float(torch.tensor(batch_losses, dtype=torch.float64).std() / math.sqrt(len(batch_losses))) \
             if len(batch_losses) > 1 else float("nan")
@@ -376,19 +404,24 @@ class Trainer:
         stop = StopSignals(cfg.checkpoint.signals, cfg.checkpoint.exit_after_minutes)
         saver = checkpoint.Checkpointer(self)
         if self.rt.is_logging_rank:
-            print(f"training {cfg.family} | TP {self.rt.tp} PP {self.rt.pp} VPP {self.rt.vpp or 1} "
-                  f"DP {self.rt.dp} | ZeRO-{cfg.parallel.zero_stage} | {cfg.train.precision} | "
+            print(f"training {cfg.model.arch} {cfg.task.name} | TP {self.rt.tp} PP {self.rt.pp} "
+                  f"VPP {self.rt.vpp or 1} DP {self.rt.dp} | ZeRO-{cfg.parallel.zero_stage} | {cfg.train.precision} | "
                   f"{self.num_microbatches} micro-batches of {cfg.train.micro_batch_size} | "
                   f"{self.rt.backend} | peak {self.peak_tflops:.2f} TFLOP/s/dev", flush=True)
             Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
         try:
             for step in range(self.start_step + 1, cfg.train.steps + 1):
+                self.current_step = step
                 values = self.train_step(step)
-                if cfg.train.eval_interval and (step % cfg.train.eval_interval == 0 or step == cfg.train.steps):
+                last = step == cfg.train.steps
+                if self._evaluate_now(step):
                     values.update(self.evaluate(stop))
-                    if self.rt.is_logging_rank and "val/loss" in values:
+                    if self.rt.is_logging_rank and "val/perplexity" in values:
                         print(f"validation at step {step}: loss {values['val/loss']:.4f} | "
                               f"perplexity {values['val/perplexity']:.2f}", flush=True)
+                best = self.selection is not None and self.selection.best_step == step
+                if last and self.selection is not None:
+                    values.update(self.selection.final())
                 self.monitor.scalars(step, values)
                 self.monitor.console(step, cfg.train.steps, values)
                 history.append({"step": step, **values})
@@ -401,11 +434,13 @@ class Trainer:
                         print(f"background checkpoint finalized after step {step}: training stalled "
                               f"{stall:.2f}s", flush=True)
                 interval = cfg.checkpoint.interval
-                last = step == cfg.train.steps
-                periodic = (interval and step % interval == 0) or (last and (interval or cfg.checkpoint.save_final))
+                periodic = (interval and step % interval == 0) or (last and (interval or cfg.checkpoint.save_final)) \
+                    or best
                 # a step whose update was skipped (non-finite) may start a divergence: keep `latest`
                 if (periodic and not self.skipped_in_a_row) or stopping:
                     stall = saver.save(step, block=last or stopping)
+                    if best:
+                        self.selection.mark_best(saver.root, step)
                     self.monitor.scalars(step, {"checkpoint/stall_s": stall})
                     if self.rt.is_logging_rank:
                         print(f"checkpoint of step {step}: training stalled {stall:.2f}s"
@@ -422,6 +457,14 @@ class Trainer:
         if self.rt.is_logging_rank:
             (Path(cfg.run_dir) / "history.json").write_text(json.dumps(history, indent=1))
         return history
+
+    def _evaluate_now(self, step: int) -> bool:
+        """Every train.eval_interval steps, after the last step and, fine-tuning, at each epoch end."""
+        every = self.cfg.train.eval_interval
+        if not every:
+            return False
+        epoch_end = self.selection is not None and step % self.train_stream.steps_per_epoch == 0
+        return step % every == 0 or step == self.cfg.train.steps or epoch_end
 
     def _append_history(self, values: dict) -> None:
         """One JSON line per step in run_dir/history.jsonl, across resumed runs."""

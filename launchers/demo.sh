@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo: launchers/demo.sh [gpt|bert|t5] [key.sub=value ...]
+# The demo: launchers/demo.sh [gpt|bert|t5|bert-sentiment|t5-text2text] [key.sub=value ...]
 # Builds the real-English demo corpus (Wikipedia articles in C4 layout) and the family's
 # shards if missing, then pretrains the small model of configs/<family>/demo.yaml on two
 # processes: GPT with TP=2 (GPT-2 BPE, packed sequences), BERT with TP=2 (WordPiece,
@@ -9,9 +9,32 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 py=".venv/bin/python"; [ -x "$py" ] || py=python3
 family=gpt
-case "${1:-}" in gpt|bert|t5) family="$1"; shift ;; esac
+case "${1:-}" in gpt|bert|t5|bert-sentiment|t5-text2text) family="$1"; shift ;; esac
 dp=("$py" -m dist_pretrain)
 [ -f data/demo/c4/en/c4-validation.00000-of-00001.json.gz ] || "${dp[@]}" demo-corpus --output data/demo
+if [ "$family" = bert-sentiment ]; then
+  # Fine-tuning: the BERT of configs/bert/demo.yaml (pretrained here first if runs/bert-demo has no
+  # checkpoint) and the same BERT from scratch, on Pang & Lee's polarity sentences; then the table.
+  [ -f runs/bert-demo/checkpoints/latest ] || "$0" bert
+  data=data/demo/sentiment-sentences64
+  [ -f data/demo/finetune/sentiment/sentences.jsonl ] || "${dp[@]}" finetune-data --what sentiment \
+    --output data/demo/finetune
+  [ -f "$data/manifest.json" ] || "${dp[@]}" preprocess --format classification --tokenizer bert --seq-len 64 \
+    --input data/demo/finetune/sentiment/sentences.jsonl --val-fraction 0.1 --test-fraction 0.1 --output "$data"
+  exec "$py" -m benchmarks.finetune_compare configs/bert/sentiment.yaml "$@" --seeds 1234
+fi
+if [ "$family" = t5-text2text ]; then
+  # Fine-tuning: the T5 of configs/t5/demo.yaml (pretrained first if needed) on WordNet
+  # definitions and Wikipedia section headings, and the same T5 from scratch; then the table.
+  [ -f runs/t5-demo/checkpoints/latest ] || "$0" t5
+  data=data/demo/text2text-128
+  [ -f data/demo/finetune/text2text/define.jsonl ] || "${dp[@]}" finetune-data --what text2text \
+    --corpus data/demo --output data/demo/finetune
+  [ -f "$data/manifest.json" ] || "${dp[@]}" preprocess --format seq2seq --tokenizer data/demo/spm/spiece.model \
+    --seq-len 128 --target-len 32 --input 'data/demo/finetune/text2text/*.jsonl' --val-fraction 0.04 \
+    --test-fraction 0.04 --output "$data"
+  exec "$py" -m benchmarks.finetune_compare configs/t5/text2text.yaml "$@" --seeds 1234
+fi
 inputs=(--input 'data/demo/c4/en/*.json.gz')
 case "$family" in
   gpt)

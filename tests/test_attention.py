@@ -7,6 +7,7 @@ import sys
 import textwrap
 from types import SimpleNamespace
 
+import pytest
 import torch
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.transformer_config import TransformerConfig
@@ -76,7 +77,7 @@ def test_cross_attention_different_lengths():
 
 
 def test_gpt_layer_spec_uses_sdpa():
-    from dist_pretrain.families.gpt import gpt_layer_spec
+    from dist_pretrain.models.gpt import gpt_layer_spec
 
     assert gpt_layer_spec().submodules.self_attention.submodules.core_attention is SDPAttention
 
@@ -110,3 +111,37 @@ def test_fully_masked_query_rows_stay_finite():
     out = _attention(AttnMaskType.padding)(q, k, v, pad)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out[:3, 1], _reference(q, k, v, pad)[:3, 1])  # real rows unchanged
+
+
+def _biased_attention(mask_type, sq=S, sk=S):
+    cfg = TransformerConfig(num_layers=1, hidden_size=H * D, num_attention_heads=H, use_cpu_initialization=True,
+                            softmax_scale=1.0)
+    tp1 = SimpleNamespace(tp=SimpleNamespace(size=lambda: 1))
+    return SDPAttention(cfg, layer_number=1, attn_mask_type=mask_type, attention_type="self",
+                        softmax_scale=cfg.softmax_scale, pg_collection=tp1).eval()
+
+
+def test_relative_position_bias_with_causal_and_padding_masks_and_scale_one():
+    """T5: softmax(q.k (unscaled) + bias[h] + masks) v; the bias gets its gradient."""
+    q, k, v = _qkv()
+    pad = _padding(S, S, [S, 4])
+    bias = torch.randn(1, H, S, S, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    out = _biased_attention(AttnMaskType.causal)(q, k, v, pad, attention_bias=bias)
+    scores = torch.einsum("qbhd,kbhd->bhqk", q, k) + bias
+    scores = scores.masked_fill(pad | torch.ones(S, S, dtype=torch.bool).triu(1), float("-inf"))
+    ref = torch.einsum("bhqk,kbhd->qbhd", scores.softmax(-1), v).reshape(S, B, H * D)
+    torch.testing.assert_close(out, ref)
+    grad, = torch.autograd.grad(out.sum(), bias)
+    ref_grad, = torch.autograd.grad(ref.sum(), bias)
+    torch.testing.assert_close(grad, ref_grad)
+    assert grad[..., 1:].abs().sum() > 0  # the bias matters
+    # without masks (the encoder with no padding) the bias alone
+    out = _biased_attention(AttnMaskType.padding)(q, k, v, None, attention_bias=bias)
+    ref = torch.einsum("bhqk,kbhd->qbhd", (torch.einsum("qbhd,kbhd->bhqk", q, k) + bias).softmax(-1), v)
+    torch.testing.assert_close(out, ref.reshape(S, B, H * D))
+
+
+def test_attention_bias_must_have_this_ranks_heads():
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match="attention_bias has 2 heads, this rank's attention 4"):
+        _biased_attention(AttnMaskType.padding)(q, k, v, None, attention_bias=torch.zeros(1, 2, S, S))

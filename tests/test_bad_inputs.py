@@ -108,7 +108,7 @@ CASES = [
     ("offload-params-zero1", GPT, ["parallel.offload_params=true"], ["parallel.offload_params=true needs parallel.zero_stage=3"]),
     ("offload-optimizer-zero0", GPT, ["parallel.offload_optimizer=true", "parallel.zero_stage=0"],
      ["parallel.offload_optimizer=true needs parallel.zero_stage >= 1"]),
-    ("t5-pp4", T5, ["parallel.pipeline=4", "--nproc", "4"], ["family=t5 with parallel.pipeline=4"]),
+    ("t5-pp4", T5, ["parallel.pipeline=4", "--nproc", "4"], ["model.arch=t5 with parallel.pipeline=4"]),
     ("nproc-zero", GPT, ["--nproc", "0"], ["parallel.nproc=0"]),
     ("nproc-not-a-number", GPT, ["--nproc", "two"], ["parallel.nproc='two'"]),
     ("nproc-without-value", GPT, ["--nproc"], ["--nproc needs a process count"]),
@@ -166,7 +166,7 @@ CASES = [
     ("seq-length-vs-shards", GPT, ["data.synthetic=false", "data.path={good}", "model.vocab_size=null"],
      ["model.seq_length=32 but data.path=", "--seq-len 64; set model.seq_length=64"]),
     ("bert-on-lm-data", BERT, ["data.synthetic=false", "data.path={good}", "model.vocab_size=null"],
-     ["family=bert needs data preprocessed with --format docs"]),
+     ["task.name=masked_lm (model.arch=bert) needs data preprocessed with --format docs"]),
     ("blend-seq-len-differs", GPT, ["data.synthetic=false", "data.blend=[{{path: {good}, weight: 1}}, {{path: {seq32}, weight: 1}}]",
                                     "model.vocab_size=null", "model.seq_length=64"],
      ["seq32 has seq_len 32", "blended datasets must share tokenizer and sequence length"]),
@@ -195,7 +195,7 @@ CASES = [
      ["corrupt_ckpt is not a usable checkpoint", "does not match its sha256"]),
     ("resume-other-shape", GPT, ["checkpoint.resume={ckpt}", "model.hidden_size=128"],
      ["model.hidden_size=128 but checkpoint", "saved with model.hidden_size=64"]),
-    ("auto-resume-other-family", BERT, ["run_dir={ckpt_run}"], ["is a gpt model but family=bert"]),
+    ("auto-resume-other-family", BERT, ["run_dir={ckpt_run}"], ["is a gpt model but model.arch=bert"]),
     ("run-dir-is-a-file", GPT, ["run_dir={root}/afile"], ["afile is a file"]),
 ]
 
@@ -248,7 +248,7 @@ def test_check_command_says_ok_and_debug_shows_the_traceback(inputs, capsys, mon
             "train.eval_interval=2", "train.eval_steps=all", f"run_dir={inputs['existing']}"]
     assert main(["check", GPT, *good, "--world-size", "2"]) == 0
     out = capsys.readouterr().out
-    assert "ok: gpt at world size 2: TP 1 x PP 1 x DP 2" in out and "65 x 8 validation samples" in out
+    assert "ok: gpt causal_lm at world size 2: TP 1 x PP 1 x DP 2" in out and "65 x 8 validation samples" in out
     monkeypatch.setenv("DIST_PRETRAIN_DEBUG", "1")
     assert main(["check", str(inputs["root"] / "syntax.yaml")]) == 2
     err = capsys.readouterr().err

@@ -199,6 +199,24 @@ BAD = [
         id="rope-odd-head-dim",
     ),
     pytest.param(
+        ["model.position_embedding=relative"], 1, None,
+        ["model.position_embedding=relative is T5's relative position bias", "model.arch=gpt takes learned or rope"],
+        id="relative-bias-outside-t5",
+    ),
+    pytest.param(
+        ["model.arch=t5", "task.name=span_corruption", "model.position_embedding=rope"], 1, None,
+        ["model.position_embedding=rope", "model.arch=t5 takes learned (absolute) or relative"],
+        id="rope-for-t5",
+    ),
+    pytest.param(
+        ["model.arch=t5", "task.name=span_corruption", "model.position_embedding=relative",
+         "model.relative_attention_num_buckets=64",
+         "model.relative_attention_max_distance=16"], 1, None,
+        ["model.relative_attention_max_distance=16 must exceed", "relative_attention_num_buckets=64 // 2 = 32",
+         "use at least 33"],
+        id="relative-max-distance-below-exact-buckets",
+    ),
+    pytest.param(
         ["deepspeed.config=ds.json", "parallel.zero_stage=0"], 1, None,
         ["deepspeed.config", "parallel.zero_stage=0", "set zero_stage >= 1"],
         id="deepspeed-json-with-zero0",
@@ -316,7 +334,7 @@ def test_config_error_is_a_value_error():
 
 def test_tiny_yaml_loads_with_its_values():
     cfg = tiny()
-    assert cfg.family == "gpt"
+    assert (cfg.model.arch, cfg.task.name) == ("gpt", "causal_lm")
     assert cfg.run_dir == "runs/gpt-tiny"
     assert (cfg.model.num_layers, cfg.model.hidden_size, cfg.model.num_attention_heads) == (4, 64, 4)
     assert cfg.model.seq_length == 32 and cfg.model.vocab_size == 500
@@ -665,3 +683,34 @@ def test_unreadable_deepspeed_json_is_a_config_error(tmp_path, text, complaint):
     assert len(lines) == 1 and lines[0].startswith(f"deepspeed.config={str(p)!r} {complaint}"), lines
     with pytest.raises(ConfigError, match=complaint):
         deepspeed_config(cfg, 1, 4)
+
+
+# --------------------------------------------------------------------------- architecture and task
+
+
+@pytest.mark.parametrize("arch, task", [("gpt", "causal_lm"), ("bert", "masked_lm"), ("t5", "span_corruption")])
+def test_task_defaults_to_the_architectures_pretraining_task(arch, task):
+    assert load_config(None, [f"model.arch={arch}"]).task.name == task
+
+
+def test_old_family_config_loads_as_arch_and_task(tmp_path):
+    """Configs and checkpoints written before the split: family -> model.arch, objective -> task."""
+    old = tmp_path / "old.yaml"
+    old.write_text("family: bert\nobjective: {mask_prob: 0.2, next_sentence_prediction: true}\n"
+                   "data: {synthetic: true}\n")
+    cfg = load_config(old)
+    assert (cfg.model.arch, cfg.task.name, cfg.task.mask_prob) == ("bert", "masked_lm", 0.2)
+    assert cfg.task.next_sentence_prediction and cfg.family == "bert"
+    # what a checkpoint's meta.json now holds loads back to the same config
+    assert Config.model_validate(cfg.model_dump()) == cfg
+
+
+def test_family_contradicting_arch_is_an_error():
+    with pytest.raises(ConfigError, match="family=bert .* and model.arch=t5 disagree"):
+        load_config(None, ["family=bert", "model.arch=t5"])
+
+
+def test_task_that_does_not_fit_the_architecture_is_an_error():
+    cfg = load_config(None, ["model.arch=gpt", "task.name=masked_lm", "data.synthetic=true"])
+    with pytest.raises(ConfigError, match="task.name=masked_lm does not fit model.arch=gpt; its tasks: causal_lm"):
+        validate(cfg, 1)

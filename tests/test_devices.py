@@ -19,8 +19,9 @@ from dist_pretrain.optim_state import adam_step_tensor, group_of, moment_on
 
 PKG = Path(__file__).resolve().parents[1] / "dist_pretrain"
 TRAINING_PATH = ["train.py", "engine.py", "megatron_engine.py", "faults.py", "checkpoint.py", "optim_state.py",
-                 "monitor.py", "runtime.py", "families/base.py", "families/gpt.py", "families/bert.py",
-                 "families/t5.py", "models/init.py", "models/attention.py"]
+                 "monitor.py", "runtime.py", "tasks/base.py", "models/gpt.py", "models/bert.py",
+                 "models/t5.py", "models/init.py", "models/attention.py", "tasks/causal_lm.py",
+                 "tasks/masked_lm.py", "tasks/span_corruption.py", "tasks/metrics.py"]
 FACTORIES = {"tensor", "zeros", "ones", "empty", "full", "arange", "randn", "rand", "randint", "as_tensor"}
 GLOO = "a CPU agreement all-reduced over the default group, which is cpu:gloo,cuda:nccl on GPUs"
 CPU_ON_PURPOSE = {

@@ -49,8 +49,8 @@ def _mean(values):
 
 
 @pytest.mark.parametrize("layout", [
-    ["parallel.tensor=2", "objective.next_sentence_prediction=true"],
-    ["parallel.tensor=1", "parallel.pipeline=2", "objective.whole_word_masking=true"],
+    ["parallel.tensor=2", "task.next_sentence_prediction=true"],
+    ["parallel.tensor=1", "parallel.pipeline=2", "task.whole_word_masking=true"],
 ], ids=["TP2-NSP", "PP2-whole-word"])
 def test_bert_masked_lm_on_real_text(docs, tmp_path, layout):
     out, scalars = _train("configs/bert/demo.yaml", docs / "bert", tmp_path / "run", *layout)
@@ -65,7 +65,7 @@ def test_bert_masked_lm_on_real_text(docs, tmp_path, layout):
     assert max(mlm[:2]) < 0.01 and _mean(mlm[-5:]) > 0.01 and _mean(mlm[-5:]) > 2 * max(mlm[:2]), mlm
     assert scalars["val/mlm_accuracy"][-1] > 0.01, scalars["val/mlm_accuracy"]
     assert "mlm_accuracy" in out
-    if "objective.next_sentence_prediction=true" in layout:  # binary head trained and logged
+    if "task.next_sentence_prediction=true" in layout:  # binary head trained and logged
         # 10 steps do not teach NSP (it stays near chance, 0.5, in Devlin et al. too until
         # far later); what can be checked is that both classes are scored (not stuck at 0 or 1)
         # and that the head starts at ln 2
@@ -88,8 +88,8 @@ def test_t5_span_corruption_on_real_text_encoder_and_decoder_stages(docs, tmp_pa
     assert scalars["val/span_accuracy"][-1] > 0.15, scalars["val/span_accuracy"]
 
 
-def test_wrong_data_format_for_the_family_is_an_early_error(docs):
+def test_wrong_data_format_for_the_task_is_an_early_error(docs):
     env = {**os.environ, "PYTHON": sys.executable}
     proc = run_group(["bash", str(ROOT / "launchers/torchrun.sh"), "configs/gpt/demo.yaml",
                       f"data.path={docs / 'bert'}"], 120, cwd=ROOT, env=env)
-    assert proc.returncode != 0 and "family=gpt needs data preprocessed with --format lm" in proc.stderr
+    assert proc.returncode != 0 and "task.name=causal_lm (model.arch=gpt) needs data preprocessed with --format lm" in proc.stderr

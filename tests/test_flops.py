@@ -1,4 +1,4 @@
-"""Training FLOPs: each family's formula against torch's FlopCounterMode on the real model,
+"""Training FLOPs: each architecture's formula against torch's FlopCounterMode on the real model,
 GPT's against Narayanan et al.'s closed form. (Grouped-query attention has no model to count
 yet: its term is checked by hand.)"""
 import os
@@ -9,7 +9,8 @@ import textwrap
 import pytest
 
 from dist_pretrain.config import load_config
-from dist_pretrain.families.gpt import GPTFamily, lm_flops_per_token
+from dist_pretrain.models.flops import lm_flops_per_token
+from dist_pretrain.models.gpt import GPT
 
 
 def gemm(m: int, n: int, k: int) -> int:
@@ -56,20 +57,20 @@ def test_gpt3_175b_order_of_magnitude():
     assert 6 * 174e9 < got < 6 * 190e9
 
 
-def test_family_uses_the_config_model():
+def test_architecture_uses_the_config_model():
     cfg = load_config(None, ["model.num_layers=3", "model.hidden_size=32",
                              "model.num_attention_heads=4", "model.seq_length=16"])
     # ffn defaults to 4 h, so the closed form applies
-    assert GPTFamily().flops_per_sample(cfg, 256) == pytest.approx(16 * narayanan(3, 32, 16, 256))
-    assert GPTFamily().tokens_per_sample(cfg) == 16
+    assert GPT().flops_per_sample(cfg, 256) == pytest.approx(16 * narayanan(3, 32, 16, 256))
+    assert GPT().tokens_per_sample(cfg) == 16
     cfg = load_config(None, ["model.hidden_size=32", "model.ffn_hidden_size=40"])
-    assert GPTFamily().flops_per_sample(cfg, 256) == 128 * lm_flops_per_token(2, 32, 40, 128, 256)
+    assert GPT().flops_per_sample(cfg, 256) == 128 * lm_flops_per_token(2, 32, 40, 128, 256)
 
 
 @pytest.mark.parametrize("config", ["configs/gpt/tiny.yaml", "configs/bert/tiny.yaml", "configs/t5/tiny.yaml"])
-def test_family_formula_counts_what_the_model_executes(config):
+def test_architecture_formula_counts_what_the_model_executes(config):
     """An independent count: torch's FlopCounterMode over a real forward + backward of the
-    family's megatron-core model (one micro-batch from its own data path, SDPA on its math
+    architecture's megatron-core model (one micro-batch from its own data path, SDPA on its math
     kernel so the counter sees the attention bmm's) equals ``flops_per_sample`` x batch. Megatron's
     convention (backward = 2 x forward, full s x s attention) is what runs: counted to 1e-9."""
     code = f"""
@@ -85,12 +86,12 @@ def test_family_formula_counts_what_the_model_executes(config):
         model = trainer.engine.model_chunks[0]
         batch = next(trainer.train_data)
         with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-            output, loss_func = trainer.family.forward_step(iter([batch]), model)
+            output, loss_func = trainer.task.forward_step(iter([batch]), model)
             loss_sum, tokens, _ = loss_func(output)
             loss_sum.backward()
         samples = cfg.train.micro_batch_size
         print("counted", counter.get_total_flops() / samples)
-        print("formula", trainer.family.flops_per_sample(cfg, trainer.vocab_size))
+        print("formula", trainer.arch.flops_per_sample(cfg, trainer.vocab_size))
     """
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], check=False, capture_output=True, text=True,
                           timeout=240, env={**os.environ, "PYTHONWARNINGS": "ignore"})

@@ -153,10 +153,11 @@ def test_llama_import_export_round_trip_is_bit_identical(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("case", ["GPT-2-style tied", "Llama-style"])
+@pytest.mark.parametrize("case", ["GPT-2-style tied", "Llama-style", "T5 v1.1"])
 def test_oracle_one_step_at_tp2xpp2_matches_transformers(tmp_path, case):
     """Llama-style also proves the gated MLP's layout-independent init (TP2 x PP2 starts from the
-    one-process export) and its checkpoint (saved at TP2 x PP2, exported at TP1)."""
+    one-process export) and its checkpoint (saved at TP2 x PP2, exported at TP1). T5 v1.1: a padded
+    span-corruption batch, the relative position bias split over TP ranks (encoder stage, decoder stage)."""
     from dist_pretrain.tools.oracle import run_case, table
 
     result = run_case(case, tmp_path)

@@ -16,7 +16,7 @@ import torch
 from dist_pretrain.data.demo_corpus import build_demo_corpus
 from dist_pretrain.data.preprocess import segment_document
 from dist_pretrain.data.sentences import split_sentences
-from dist_pretrain.data.stream import stack
+from dist_pretrain.data.examples import stack
 from dist_pretrain.data.tokenizer import load_tokenizer
 from dist_pretrain.objectives import (MLMConfig, SpanConfig, bert_example,
                                       corrupt, random_spans_noise_mask, t5_example,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from launch import demo_shards, run_group
 
-from dist_pretrain.families.gpt import lm_flops_per_token
+from dist_pretrain.models.flops import lm_flops_per_token
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -46,17 +46,14 @@ fraction exceeds ``--max-bad-fraction`` fails the run, naming the file.
 from __future__ import annotations
 
 import argparse
-import functools
 import glob
 import gzip
 import hashlib
-import io
 import itertools
 import json
 import os
 import re
 import sys
-import tarfile
 import time
 import traceback
 from collections import Counter
@@ -67,6 +64,13 @@ import numpy as np
 from dist_pretrain.data.manifest import MANIFEST
 from dist_pretrain.data.mpi import Comm, threads_per_rank, world
 from dist_pretrain.data.sentences import split_sentences
+from dist_pretrain.data.shards import (  # noqa: F401
+    CRASH_ENV,
+    ShardSink,
+    npy_bytes,
+    shard_name,
+    write_json_atomic,
+)
 from dist_pretrain.data.tokenizer import TextTokenizer, load_tokenizer
 
 SPLITS = ("train", "valid")
@@ -76,7 +80,6 @@ LM_FORMAT = "dist_pretrain.lm/1"   # manifest "format" of --format lm
 DOCS_FORMAT = "docs"               # manifest "format" of --format docs
 PART_VERSION = 1
 # Fault injection for tests: the process hard-exits after writing this many samples.
-CRASH_ENV = "DIST_PRETRAIN_PREPROCESS_CRASH_AFTER"
 _SHARD_RE = re.compile(r"^(train|valid)-.+-\d{5}\.tar(\.tmp)?$")
 
 
@@ -230,97 +233,6 @@ def split_of(path: str, key: str, val_fraction: float) -> str:
     return "train"
 
 
-# --------------------------------------------------------------------------- shards
-
-@functools.lru_cache(maxsize=None)
-def _npy_header(n: int) -> bytes:
-    """The ``np.save`` header of an int32 vector of length ``n`` (data follows it)."""
-    buf = io.BytesIO()
-    np.save(buf, np.zeros(n, dtype="<i4"), allow_pickle=False)
-    return buf.getvalue()[: -4 * n or None]
-
-
-def npy_bytes(arr: np.ndarray) -> bytes:
-    """Exactly ``np.save(f, arr, allow_pickle=False)`` for a 1-D int32 array, without the overhead."""
-    return _npy_header(len(arr)) + np.ascontiguousarray(arr, dtype="<i4").tobytes()
-
-
-_CRASH_AFTER = int(os.environ.get(CRASH_ENV, "0") or 0)
-_samples_written = 0
-
-
-class TarShard:
-    """One tar shard written to ``path.tmp``, hashed on the fly, fsync'ed and renamed on close.
-
-    Members are plain USTAR entries (mtime 0, mode 0444) as ``webdataset.TarWriter`` writes
-    them, so the bytes depend only on the samples.
-    """
-
-    def __init__(self, out_dir: str, name: str):
-        self.name, self.path = name, os.path.join(out_dir, name)
-        self.file = open(self.path + ".tmp", "wb", buffering=1 << 20)
-        self.sha = hashlib.sha256()
-        self.bytes = self.samples = self.tokens = 0
-
-    def _put(self, data: bytes) -> None:
-        self.file.write(data)
-        self.sha.update(data)
-        self.bytes += len(data)
-
-    def add(self, key: str, fields: dict[str, bytes], tokens: int) -> None:
-        global _samples_written
-        for field in sorted(fields):
-            data = fields[field]
-            info = tarfile.TarInfo(f"{key}.{field}")
-            info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o444, "bigdata", "bigdata"
-            self._put(info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict") + data + b"\0" * (-len(data) % 512))
-        self.samples += 1
-        self.tokens += tokens
-        _samples_written += 1
-        if _CRASH_AFTER and _samples_written >= _CRASH_AFTER:
-            self.file.flush()
-            os._exit(75)  # simulated kill: leaves this half-written shard behind
-
-    def close(self) -> dict:
-        self._put(b"\0" * 1024)                                   # end-of-archive blocks
-        self._put(b"\0" * (-self.bytes % tarfile.RECORDSIZE))     # pad to tar's record size
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        os.replace(self.path + ".tmp", self.path)
-        return {"path": self.name, "samples": self.samples, "tokens": self.tokens,
-                "bytes": self.bytes, "sha256": self.sha.hexdigest()}
-
-
-class ShardSink:
-    """One (file, split)'s samples into ``{split}-{file_id}-{k:05d}.tar`` of ``per_shard`` each."""
-
-    def __init__(self, out_dir: str, split: str, file_id: str, per_shard: int):
-        self.out_dir, self.split, self.file_id, self.per_shard = out_dir, split, file_id, per_shard
-        self.shards: list[dict] = []
-        self.index = 0
-        self.shard: TarShard | None = None
-
-    def add(self, fields: dict[str, bytes], tokens: int) -> None:
-        if self.shard is None:
-            self.shard = TarShard(self.out_dir, shard_name(self.split, self.file_id, len(self.shards)))
-        self.shard.add(f"{self.file_id}_{self.index:09d}", fields, tokens)
-        self.index += 1
-        if self.shard.samples == self.per_shard:
-            self.shards.append(self.shard.close())
-            self.shard = None
-
-    def close(self) -> list[dict]:
-        if self.shard is not None:
-            self.shards.append(self.shard.close())
-            self.shard = None
-        return self.shards
-
-
-def shard_name(split: str, file_id: str, k: int) -> str:
-    return f"{split}-{file_id}-{k:05d}.tar"
-
-
 def remove_file_outputs(out_dir: str, file_id: str) -> None:
     """Delete a file's part record and shards (complete or half-written) before redoing it."""
     _unlink(part_path(out_dir, file_id))
@@ -394,17 +306,6 @@ def segment_document(sentence_ids: list[list[int]], seq_len: int) -> list[list[l
 
 def part_path(out_dir: str, file_id: str) -> str:
     return os.path.join(out_dir, PARTS, f"{file_id}.json")
-
-
-def write_json_atomic(path: str, obj: dict) -> None:
-    """tmp + fsync + rename: readers see the old file or the complete new one, never a part."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def process_file(task: dict, out_dir: str, tok: TextTokenizer, settings: dict, rank: int = 0,
@@ -753,8 +654,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, required=True,
                    help="lm: tokens per sample (+1 stored); docs: max tokens per segment")
     p.add_argument("--output", required=True)
-    p.add_argument("--format", choices=("lm", "docs"), default="lm",
-                   help="lm: packed causal-LM samples; docs: sentence-split document segments (BERT/T5)")
+    p.add_argument("--format", choices=("lm", "docs", "classification", "seq2seq"), default="lm",
+                   help="lm: packed causal-LM samples; docs: sentence-split document segments (BERT/T5); "
+                        "classification / seq2seq: labelled examples for fine-tuning (data/labelled.py)")
     p.add_argument("--samples-per-shard", type=int, default=8192)
     p.add_argument("--text-field", default="text", help="JSON field holding the document text")
     p.add_argument("--txt-docs", choices=("file", "paragraphs"), default="file",
@@ -764,6 +666,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-bad-fraction", type=float, default=0.01,
                    help="fail when a file has more than this fraction of bad lines")
     p.add_argument("--batch-mb", type=int, default=8, help="text tokenized per encode_batch call")
+    labelled = p.add_argument_group("--format classification / seq2seq (fine-tuning data)")
+    labelled.add_argument("--pair-field", default="text_pair", help="second text of a sentence pair (optional)")
+    labelled.add_argument("--label-field", default="label")
+    labelled.add_argument("--labels", help="label names in id order, comma-separated (default: sorted)")
+    labelled.add_argument("--input-field", default="input")
+    labelled.add_argument("--target-field", default="target")
+    labelled.add_argument("--target-len", type=int, default=64, help="seq2seq: max target tokens, EOS included")
+    labelled.add_argument("--csv-columns", help="column names of CSV/TSV files without a header row, e.g. "
+                                                "label,text")
+    labelled.add_argument("--test-fraction", type=float, default=0.0,
+                          help="fraction of records of files not named train/validation/test moved to test")
+    labelled.add_argument("--split-seed", type=int, default=0, help="seed of the --val/--test-fraction split")
     p.add_argument("--overwrite", action="store_true", help="redo every file and rewrite the manifest")
     p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
     return p
@@ -776,6 +690,8 @@ def main(argv=None) -> dict:
         p.error("--seq-len and --samples-per-shard must be >= 1, --val-fraction in [0, 1)")
     if not 0 <= args.max_bad_fraction <= 1 or args.batch_mb < 1:
         p.error("--max-bad-fraction must be in [0, 1], --batch-mb >= 1")
+    if args.format in ("classification", "seq2seq"):
+        return _labelled(p, args)
     comm = world()
     try:
         manifest, stats = run(args, comm)
@@ -792,6 +708,24 @@ def main(argv=None) -> dict:
         raise
     if comm.rank == 0 and not args.quiet:
         print(_summary(manifest, stats))
+        print(f"wrote {os.path.join(args.output, MANIFEST)}")
+    return manifest
+
+
+def _labelled(p: argparse.ArgumentParser, args) -> dict:
+    from dist_pretrain.data import labelled
+
+    if args.val_fraction + args.test_fraction >= 1 or not 0 <= args.test_fraction < 1:
+        p.error("--val-fraction + --test-fraction must be below 1")
+    minimum = 3 if args.format == "classification" else 2
+    if args.seq_len < minimum or (args.format == "seq2seq" and args.target_len < 2):
+        p.error(f"--seq-len must be >= {minimum} (special tokens) and --target-len >= 2 (a token and EOS)")
+    try:
+        manifest = labelled.build(args)
+    except (labelled.LabelledDataError, FileNotFoundError) as e:
+        raise SystemExit(f"dist-pretrain preprocess: error: {e}") from None
+    if not args.quiet:
+        print(labelled.summary(manifest))
         print(f"wrote {os.path.join(args.output, MANIFEST)}")
     return manifest
 

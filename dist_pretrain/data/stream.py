@@ -30,7 +30,6 @@ Design, and why:
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import random
@@ -39,10 +38,10 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
-import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from dist_pretrain.data.examples import lm_sample, sample_seed, stack
 from dist_pretrain.data.manifest import (
     MissingDataError,
     missing_shards_message,
@@ -64,11 +63,6 @@ class CorruptShardError(UserError, RuntimeError):
         worker's traceback in its message, with the original message on the last line."""
         last = str(err).rstrip().splitlines()[-1]
         return cls(last.split("CorruptShardError: ", 1)[-1])
-
-
-def sample_seed(*parts) -> int:
-    # sha256, not hash(): str hashing changes per process
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
 
 
 @dataclass(frozen=True)
@@ -177,12 +171,6 @@ class SubStream:
         return key, fields, d
 
 
-def lm_sample(fields: dict[str, np.ndarray], rng: np.random.Generator,
-              previous: dict | None = None) -> dict[str, np.ndarray]:
-    """Packed causal-LM samples go to the model as they are."""
-    return {"tokens": fields["tokens"]}
-
-
 class _RankStreams(IterableDataset):
     """Per global step, one block of samples from each sub-stream this worker owns.
 
@@ -217,19 +205,6 @@ class _RankStreams(IterableDataset):
                    "examples": examples, "sources": [d for _, _, d in samples], "skipped": skipped[:]}
             skipped.clear()
             step += 1
-
-
-def stack(examples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
-    """Examples of equal shapes -> batch tensors (integers as int64, floats as float32)."""
-    out = {}
-    for name in examples[0]:
-        arr = np.stack([e[name] for e in examples])
-        t = torch.from_numpy(arr)
-        if t.is_floating_point():
-            out[name] = t.float()
-        else:
-            out[name] = t if t.dtype == torch.bool else t.long()
-    return out
 
 
 @dataclass

@@ -4,7 +4,7 @@ Samples are indexed globally like the real training stream (``stream.py``): glob
 ``k`` holds positions ``j = 0..G-1`` and data-parallel rank ``r`` takes its contiguous
 ``G/D`` slice, so any DP size sees the same global batch and parallel layouts can be
 compared step by step. Each raw sample is an arithmetic progression modulo a token range
-(random start and stride), which a small model can learn; the family's transform
+(random start and stride), which a small model can learn; the task's transform
 (masking, span corruption) is seeded by the position, as in the real stream.
 """
 
@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from dist_pretrain.data.stream import lm_sample, sample_seed, stack
+from dist_pretrain.data.examples import lm_sample, sample_seed, stack
 
 
 def progression(index: int, seed: int, low: int, high: int, length: int) -> np.ndarray:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from dist_pretrain.config import Config
-from dist_pretrain.interop.verify import compare_logits, token_sequences
+from dist_pretrain.interop.verify import compare_logits, seq2seq_sequences, token_sequences
 
 TOLERANCE = 1e-3  # max |logit difference| allowed (fp32 on both sides differs by ~1e-6)
 MIN_TOP1 = 0.99
@@ -31,13 +31,16 @@ class ExportError(RuntimeError):
 
 def architecture_for(cfg: Config):
     """The HF architecture module for ``cfg`` (``interop.gpt2``, ...), or ExportError saying why not."""
-    from dist_pretrain.interop import gpt2, llama
+    from dist_pretrain.interop import gpt2, llama, t5
 
     if cfg.family == "gpt":
         arch = gpt2 if cfg.model.position_embedding == "learned" else llama
+    elif cfg.family == "t5":
+        arch = t5
     else:
         raise ExportError(f"export of family={cfg.family} is not implemented yet; GPT exports to "
-                          "GPT2LMHeadModel (learned positions) or LlamaForCausalLM (rotary positions)")
+                          "GPT2LMHeadModel (learned positions) or LlamaForCausalLM (rotary positions), "
+                          "T5 v1.1-style to T5ForConditionalGeneration")
     reason = arch.unsupported(cfg)
     if reason:
         raise ExportError(f"cannot export to {arch.model_type}: {reason}")
@@ -67,10 +70,45 @@ def hf_tokenizer(cfg: Config, name: str | None, directory: Path):
         name = read_manifest(cfg.data.sources()[0][0])["tokenizer"]["name"]
     tok = load_tokenizer(name)
     if not isinstance(tok, TextTokenizer):
-        raise ExportError(f"tokenizer {name!r}: SentencePiece export is not implemented yet")
+        return tok, sentencepiece_for_hf(tok)
     specials = {f"{role}_token": tok.tokenizer.id_to_token(i) for role, i in tok.special_ids.items()
                 if role in ("eos", "bos", "pad", "unk", "cls", "sep", "mask")}
     return tok, PreTrainedTokenizerFast(tokenizer_object=tok.tokenizer, **specials)
+
+
+def sentencepiece_for_hf(tok):
+    """A HF fast tokenizer that encodes like our SentencePiece model (``SpmConverter`` follows the
+    model's own normalizer, dummy prefix, byte fallback and user-defined pieces, the sentinels
+    ``<extra_id_N>`` among them), with T5's ``</s>`` appended when special tokens are added."""
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import SpmConverter
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(tok.sp.serialized_model_proto())
+    backend = SpmConverter.build_tokenizer_from_spm_proto(proto, [(p.piece, p.score) for p in proto.pieces])
+    if backend is None:
+        raise ExportError(f"tokenizer {tok.name}: SentencePiece model type {proto.trainer_spec.model_type} cannot "
+                          "be converted to a HF tokenizer")
+    names = {role: tok.sp.id_to_piece(i) for role, i in tok.special_ids.items()}
+    backend.post_processor = processors.TemplateProcessing(
+        single=["$A", names["eos"]], pair=["$A", names["eos"], "$B", names["eos"]],
+        special_tokens=[(names["eos"], tok.eos_id)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **{f"{r}_token": t for r, t in names.items()})
+
+
+def check_tokenizer(tok, directory: Path) -> None:
+    """``AutoTokenizer.from_pretrained(directory)`` must give our ids on the check's texts."""
+    from transformers import AutoTokenizer
+
+    from dist_pretrain.interop.verify import TEXTS
+
+    theirs = AutoTokenizer.from_pretrained(directory)
+    for text in TEXTS:
+        if theirs(text, add_special_tokens=False)["input_ids"] != tok.encode_batch([text])[0]:
+            raise ExportError(f"the exported tokenizer encodes {text[:40]!r}... differently from {tok.name}; "
+                              "nothing was written")
 
 
 def export(src: str | Path, output: str | Path, tokenizer: str | None = None, tolerance: float = TOLERANCE,
@@ -91,6 +129,17 @@ def export(src: str | Path, output: str | Path, tokenizer: str | None = None, to
                         tolerance, min_top1, sequences)
 
 
+def check_inputs(cfg: Config, tokenizer, vocab: int, sequences: int, hf_config):
+    """Real token sequences for the check: ``[sequences, seq_length]``, or for T5 (encoder input,
+    decoder input starting with the decoder start id)."""
+    if cfg.family == "t5":
+        from dist_pretrain.models.t5 import decoder_length
+
+        return seq2seq_sequences(tokenizer, vocab, cfg.model.seq_length, decoder_length(cfg), sequences, cfg.seed,
+                                 hf_config.decoder_start_token_id)
+    return token_sequences(tokenizer, vocab, cfg.model.seq_length, sequences, cfg.seed)
+
+
 def export_model(cfg: Config, chunks: list[torch.nn.Module], output: Path, meta: dict | None = None,
                  tokenizer=None, tolerance: float = TOLERANCE, min_top1: float = MIN_TOP1,
                  sequences: int = 4) -> dict:
@@ -107,18 +156,30 @@ def export_model(cfg: Config, chunks: list[torch.nn.Module], output: Path, meta:
         raise ExportError(f"tokenizer {tokenizer[0].name} has {tokenizer[0].vocab_size} tokens, the model only "
                           f"{vocab}")
     auto = getattr(transformers, arch.auto_class)
-    model = auto.from_config(arch.hf_config(cfg, vocab), dtype=torch.float32)
+    if cfg.family == "t5":  # pad / EOS / decoder-start ids: those of an imported model, else the tokenizer's
+        imported = {k: v for k, v in (meta or {}).get("hf", {}).get("special_ids", {}).items() if v is not None}
+        special = imported or (tokenizer[0].special_ids if tokenizer is not None else None)
+        hf_config = arch.hf_config(cfg, vocab, special)
+    else:
+        hf_config = arch.hf_config(cfg, vocab)
+    model = auto.from_config(hf_config, dtype=torch.float32)
+    if hasattr(arch, "prepare_hf_model"):
+        arch.prepare_hf_model(model)
     model.load_state_dict(arch.to_hf(weights, cfg, vocab), strict=True)
     tmp = output.with_name(output.name + ".tmp-export")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         model.save_pretrained(tmp)
+        if hasattr(arch, "finish_export"):
+            arch.finish_export(tmp)
         if tokenizer is not None:
             tokenizer[1].save_pretrained(tmp)
+            check_tokenizer(tokenizer[0], tmp)
         reloaded = auto.from_pretrained(tmp, dtype=torch.float32)
-        ids = token_sequences(tokenizer[0] if tokenizer else None, vocab, cfg.model.seq_length, sequences, cfg.seed)
+        ids = check_inputs(cfg, tokenizer[0] if tokenizer else None, vocab, sequences, hf_config)
         result = compare_logits(arch, chunks[0], reloaded, ids, cfg)
-        result.update(architecture=type(reloaded).__name__, vocab=vocab, tokens=int(ids.numel()))
+        tokens = sum(int(t.numel()) for t in ids) if isinstance(ids, tuple) else int(ids.numel())
+        result.update(architecture=type(reloaded).__name__, vocab=vocab, tokens=tokens)
         if result["max_abs_diff"] > tolerance or result["top1_agreement"] < min_top1:
             raise ExportError(f"exported {result['architecture']} disagrees with the checkpoint: max |dlogit| "
                               f"{result['max_abs_diff']:.3g} (tolerance {tolerance:g}), top-1 agreement "

@@ -25,9 +25,9 @@ import yaml
 
 from dist_pretrain.config import Config, padded_vocab_size
 from dist_pretrain.interop.layout import pad_rows
-from dist_pretrain.interop.verify import compare_logits, token_sequences
+from dist_pretrain.interop.verify import compare_logits, seq2seq_sequences, token_sequences
 
-VOCAB_TABLES = ("embedding.word_embeddings.weight", "output_layer.weight")
+VOCAB_TABLES = ("embedding.word_embeddings.weight", "output_layer.weight", "lm_head.output_layer.weight")
 
 
 class HFImportError(RuntimeError):
@@ -35,9 +35,9 @@ class HFImportError(RuntimeError):
 
 
 def architecture_for_hf(model_type: str):
-    from dist_pretrain.interop import gpt2, llama
+    from dist_pretrain.interop import gpt2, llama, t5
 
-    known = {arch.model_type: arch for arch in (gpt2, llama)}
+    known = {arch.model_type: arch for arch in (gpt2, llama, t5)}
     if model_type not in known:
         raise HFImportError(f"HF model_type {model_type!r} cannot be imported; supported: {', '.join(known)}")
     return known[model_type]
@@ -84,6 +84,9 @@ def import_hf(hf_dir: str | Path, output: str | Path, tolerance: float = 1e-3) -
         raise HFImportError(f"{hf_dir}: {err}") from None
     cfg = Config.model_validate({"family": "gpt" if arch.model_type in ("gpt2", "llama") else arch.model_type,
                                  "model": keys})
+    reason = arch.unsupported(cfg)
+    if reason:
+        raise HFImportError(f"{hf_dir}: {reason}")
     vocab = keys["vocab_size"]
     rows = padded_vocab_size(cfg, vocab)
     weights = arch.from_hf(model.state_dict(), hf_cfg, cfg)
@@ -92,7 +95,10 @@ def import_hf(hf_dir: str | Path, output: str | Path, tolerance: float = 1e-3) -
     chunks = build_model(cfg, rows)
     load_weights(chunks, weights)  # every name and shape checked
     tokenizer = load_tokenizer(str(hf_dir)) if (hf_dir / "tokenizer.json").is_file() else None
-    ids = token_sequences(tokenizer, vocab, min(cfg.model.seq_length, 64), 4, cfg.seed)
+    if cfg.family == "t5":
+        ids = seq2seq_sequences(tokenizer, vocab, 64, 16, 4, cfg.seed, hf_cfg.decoder_start_token_id or 0)
+    else:
+        ids = token_sequences(tokenizer, vocab, min(cfg.model.seq_length, 64), 4, cfg.seed)
     result = compare_logits(arch, chunks[0], model, ids, cfg)
     if result["max_abs_diff"] > tolerance:
         raise HFImportError(f"imported model disagrees with {hf_dir}: max |dlogit| {result['max_abs_diff']:.3g} "
@@ -100,8 +106,9 @@ def import_hf(hf_dir: str | Path, output: str | Path, tolerance: float = 1e-3) -
     tmp = output.with_name(output.name + ".tmp-import")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
+        special = {role: getattr(hf_cfg, f"{role}_token_id", None) for role in ("pad", "eos", "decoder_start")}
         write_weights_checkpoint(chunks, cfg, tmp, {"hf": {"model_type": hf_cfg.model_type, "vocab_size": vocab,
-                                                           "source": str(hf_dir)}})
+                                                           "source": str(hf_dir), "special_ids": special}})
         if tokenizer is not None:
             shutil.copy(hf_dir / "tokenizer.json", tmp / "tokenizer.json")
         if output.exists():

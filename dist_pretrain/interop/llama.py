@@ -31,7 +31,8 @@ name = "llama"
 model_type = "llama"
 auto_class = "AutoModelForCausalLM"
 LAYERS = "decoder.layers."
-ACTIVATIONS = {"swiglu": "silu", "geglu": "gelu"}  # ours -> Llama's hidden_act (applied to the gate)
+# ours -> Llama's hidden_act (applied to the gate)
+ACTIVATIONS = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_pytorch_tanh"}
 
 # ours (per layer, after "decoder.layers.") -> Llama (after "model.layers.{i}."); biases only with model.bias
 LAYER_MAP = [
@@ -58,7 +59,7 @@ def unsupported(cfg: Config) -> str | None:
     if m.position_embedding != "rope":
         return "LlamaForCausalLM has rotary positions (model.position_embedding=rope)"
     if m.activation not in ACTIVATIONS:
-        return f"LlamaForCausalLM has a gated MLP (model.activation=swiglu or geglu, not {m.activation})"
+        return f"LlamaForCausalLM has a gated MLP (model.activation=swiglu, geglu or geglu_tanh, not {m.activation})"
     if m.normalization != "rmsnorm":
         return "LlamaForCausalLM has RMSNorm (model.normalization=rmsnorm)"
     return None

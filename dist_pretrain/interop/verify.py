@@ -35,19 +35,37 @@ def token_sequences(tokenizer, vocab: int, length: int, count: int, seed: int) -
     return torch.tensor(rows, dtype=torch.long)
 
 
+def seq2seq_sequences(tokenizer, vocab: int, enc_len: int, dec_len: int, count: int, seed: int,
+                      start_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(encoder input ``[count, enc_len]``, decoder input ``[count, dec_len]``) for T5: the texts
+    above as encoder inputs; the decoder reads ``start_id`` then the beginning of another text."""
+    enc = token_sequences(tokenizer, vocab, enc_len, count, seed)
+    other = token_sequences(tokenizer, vocab, dec_len - 1, count + 1, seed + 1)[1:]
+    return enc, torch.cat([torch.full((count, 1), start_id, dtype=torch.long), other], dim=1)
+
+
 @torch.no_grad()
-def our_logits(chunk: torch.nn.Module, ids: torch.Tensor, cfg: Config) -> torch.Tensor:
-    """Logits [b, s, V] of our one-process model (all padded vocab rows)."""
+def our_logits(chunk: torch.nn.Module, ids, cfg: Config) -> torch.Tensor:
+    """Logits [b, s, V] of our one-process model (all padded vocab rows); for T5 ``ids`` is
+    (encoder input, decoder input) and the logits are the decoder's."""
     if cfg.family == "gpt":
         positions = torch.arange(ids.shape[1]).unsqueeze(0).expand_as(ids)
         return chunk(ids, positions, None)
+    if cfg.family == "t5":
+        from dist_pretrain.models.t5 import key_padding_mask
+
+        enc, dec = ids
+        enc_mask, dec_mask = key_padding_mask(torch.ones_like(enc)), key_padding_mask(torch.ones_like(dec))
+        return chunk(enc, dec, enc_mask, dec_mask, enc_mask, lm_labels=None)
     raise NotImplementedError(f"logit check for family={cfg.family} is not implemented yet")
 
 
 @torch.no_grad()
-def hf_logits(model, ids: torch.Tensor, cfg: Config) -> torch.Tensor:
+def hf_logits(model, ids, cfg: Config) -> torch.Tensor:
     if cfg.family == "gpt":
         return model(input_ids=ids).logits
+    if cfg.family == "t5":
+        return model(input_ids=ids[0], decoder_input_ids=ids[1]).logits
     raise NotImplementedError(f"logit check for family={cfg.family} is not implemented yet")
 
 

@@ -26,7 +26,8 @@ class SDPAttention(MegatronModule):
     Inputs are ``[s, b, heads_per_partition, head_dim]``; output ``[s, b, hidden_per_partition]``.
     ``attention_mask`` follows megatron's convention: boolean, ``True`` = masked out,
     broadcastable to ``[b, heads, sq, sk]``. With ``attn_mask_type=causal`` the causal
-    mask is applied on top of any padding mask.
+    mask is applied on top of any padding mask. ``attention_bias`` (T5's relative position
+    bias, this rank's heads) is added to the scaled logits before the masks.
     """
 
     def __init__(
@@ -65,11 +66,12 @@ class SDPAttention(MegatronModule):
         attention_bias: Optional[torch.Tensor] = None,
         packed_seq_params=None,
     ) -> torch.Tensor:
-        if packed_seq_params is not None or attention_bias is not None:
-            raise NotImplementedError("SDPAttention: packed sequences / attention bias are not supported")
+        if packed_seq_params is not None:
+            raise NotImplementedError("SDPAttention: packed sequences are not supported")
         mask_type = attn_mask_type if attn_mask_type is not None else self.attn_mask_type
         # [s, b, h, d] -> [b, h, s, d]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
+        sq, sk = q.shape[2], k.shape[2]
         mask = None
         is_causal = mask_type == AttnMaskType.causal
         # a mask given with ``no_mask`` is kept: megatron's KV-cache decoding switches the type to
@@ -77,15 +79,22 @@ class SDPAttention(MegatronModule):
         # still need their padding keys masked (``dist_pretrain.inference``)
         if attention_mask is not None:
             mask = ~attention_mask.bool()  # SDPA: True = attend
-            if is_causal:
-                sq, sk = q.shape[2], k.shape[2]
-                causal = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(sk - sq)
-                mask = mask & causal
-                is_causal = False
+        if is_causal and (mask is not None or attention_bias is not None):
+            causal = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(sk - sq)
+            mask = causal if mask is None else mask & causal
+            is_causal = False
         if mask is not None:
             # a query row with no key to attend to (a padding query under a [b,1,s,s] mask)
             # makes SDPA return NaN; let it attend everywhere: its output is padding anyway
             mask = mask | ~mask.any(dim=-1, keepdim=True)
+        if attention_bias is not None:
+            # T5's relative position bias [1 or b, heads of this TP rank, sq, sk] (megatron's T5Model
+            # scatters the heads): added to the logits, the masked positions at -inf on top
+            if attention_bias.shape[1] != self.heads_per_partition:
+                raise ValueError(f"attention_bias has {attention_bias.shape[1]} heads, this rank's attention "
+                                 f"{self.heads_per_partition}")
+            bias = attention_bias.to(q.dtype)
+            mask = bias if mask is None else torch.where(mask, bias, float("-inf"))
         dropout = self.dropout_p if self.training else 0.0
         enable_gqa = self.heads_per_partition != self.groups_per_partition
         if dropout > 0.0 and not self.config.sequence_parallel:

@@ -1,4 +1,4 @@
-"""Weights-only loading: a family's model at the current layout, filled from a checkpoint.
+"""Weights-only loading: an architecture's model at the current layout, filled from a checkpoint.
 
 Every later use of a pretrained model (fine-tuning, generation, evaluation, export)
 starts here, without a ``Trainer``: no optimizer, no step, no RNG, no data state, no
@@ -184,7 +184,7 @@ def one_process_config(cfg: Config) -> Config:
 def build_model(cfg: Config, vocab_size: int) -> list[torch.nn.Module]:
     """This rank's chunks of ``cfg``'s model at the current layout, seed-only initial weights, in
     fp32 (no engine, no optimizer). ``vocab_size`` is the padded size (the embedding's rows)."""
-    from dist_pretrain.families import get_family
+    from dist_pretrain.models.architecture import get_architecture
     from dist_pretrain.models.megatron_config import transformer_config
     from dist_pretrain.runtime import seed_everything
     from dist_pretrain.train import build_model_chunks
@@ -192,7 +192,7 @@ def build_model(cfg: Config, vocab_size: int) -> list[torch.nn.Module]:
     seed_everything(cfg.seed)
     fp32 = cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": "fp32"})})
     tconfig = transformer_config(fp32, torch.cuda.is_available())
-    return build_model_chunks(fp32, get_family(cfg.family), tconfig, vocab_size)
+    return build_model_chunks(fp32, get_architecture(cfg.model.arch), tconfig, vocab_size)
 
 
 def load_pretrained(path: str | Path, allow_missing: Iterable[str] = (),

@@ -13,8 +13,8 @@ from dist_pretrain.config import Config
 # model.activation -> megatron's activation_func; the gated ones apply it to the first half of
 # linear_fc1's output (the gate) and multiply by the second (megatron's gated_linear_unit)
 ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": partial(F.gelu, approximate="tanh"), "relu": F.relu,
-               "swiglu": F.silu, "geglu": F.gelu}
-GATED = ("swiglu", "geglu")
+               "swiglu": F.silu, "geglu": F.gelu, "geglu_tanh": partial(F.gelu, approximate="tanh")}
+GATED = ("swiglu", "geglu", "geglu_tanh")
 
 
 def transformer_config(cfg: Config, on_gpu: bool) -> TransformerConfig:
@@ -43,6 +43,7 @@ def transformer_config(cfg: Config, on_gpu: bool) -> TransformerConfig:
         gated_linear_unit=m.activation in GATED,
         add_bias_linear=m.bias,
         num_query_groups=m.num_query_groups,
+        softmax_scale=m.softmax_scale,
         # weights are created on CPU and overwritten by models/init.py
         use_cpu_initialization=True,
         # fusions need CUDA kernels (Apex / TE); SDPA does the attention fusion

@@ -37,7 +37,7 @@ candidate right before it (the first piece of a truncated segment) is a word of 
 
 Returned arrays have length ``seq_len``: ``tokens``, ``token_types``, ``padding_mask``
 (1 = real token, 0 = padding) and ``labels`` are int64, ``loss_mask`` float32, and
-``nsp_label`` an int64 scalar. :func:`dist_pretrain.data.stream.stack` stacks them into torch tensors
+``nsp_label`` an int64 scalar. :func:`dist_pretrain.data.examples.stack` stacks them into torch tensors
 (``padding_mask`` stays long, 1 = real token, as Megatron's BERT dataset).
 """
 from __future__ import annotations

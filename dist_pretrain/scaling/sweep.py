@@ -47,8 +47,9 @@ def plan(path: str | Path) -> Sweep:
     for size, model in shapes(spec):
         model_over = [f"model.{k}={v}" for k, v in model.items()]
         cfg = load_config(sweep.base, [*spec.overrides, *model_over])
-        if getattr(cfg, "family", "gpt") != "gpt":  # non-embedding N is counted for decoder-only GPT
-            raise ConfigError(f"sweep base {sweep.base}: scaling sweeps train GPT (got family={cfg.family})")
+        if (cfg.model.arch, cfg.task.name) != ("gpt", "causal_lm"):  # N is counted for decoder-only GPT
+            raise ConfigError(f"sweep base {sweep.base}: scaling sweeps pretrain GPT (model.arch=gpt, "
+                              f"task.name=causal_lm); got model.arch={cfg.model.arch}, task.name={cfg.task.name}")
         if vocab is None:
             report = check(cfg, cfg.parallel.nproc, verify_checkpoint=False)
             report.raise_errors()
@@ -215,13 +216,13 @@ def _curve(history: dict[int, dict], tokens_per_step: int, points: int) -> list[
 
 
 def result_row(sweep: Sweep, run: RunPlan) -> dict:
-    from dist_pretrain.families import get_family
+    from dist_pretrain.models.architecture import get_architecture
     from dist_pretrain.preflight import check
 
     cfg = load_config(sweep.base, run.overrides)
     report = check(cfg, cfg.parallel.nproc, verify_checkpoint=False)
     vocab = padded_vocab_size(cfg, report.vocab_size)
-    family = get_family("gpt")
+    family = get_architecture("gpt")
     tokens_per_step = cfg.train.global_batch_size * family.tokens_per_sample(cfg)
     history = _history(run.trunk_dir, run.resume_from[1]) if run.trunk_dir else {}
     history.update(_history(run.run_dir))

@@ -62,6 +62,14 @@ LAYOUTS = {
     "PP2xVPP2xDP2 ZeRO-2 clip": (4, "clip", ["parallel.pipeline=2", "parallel.virtual_pipeline=2",
                                              "parallel.zero_stage=2"]),
 }
+# T5 v1.1's architecture options: relative position bias (each TP rank gets its heads' slice of
+# the bias; the encoder's table on stage 0, the decoder's on stage 1), softmax scale 1, RMSNorm,
+# no biases, gated tanh-GELU, untied head
+T5_V11 = ["config=t5", "model.position_embedding=relative", "model.softmax_scale=1.0", "model.normalization=rmsnorm",
+          "model.bias=false", "model.activation=geglu_tanh", "model.tie_embeddings=false", "model.ffn_hidden_size=96"]
+VARIANTS["t5-v1.1"] = T5_V11
+LAYOUTS["T5 v1.1-style TP2xPP2 (relative bias, scale 1, rmsnorm, geglu_tanh, untied)"] = (
+    4, "t5-v1.1", ["parallel.tensor=2", "parallel.pipeline=2"])
 # BERT and T5 (configs/<family>/tiny.yaml): the same engine and schedules, other models
 for _family in ("bert", "t5"):
     VARIANTS[_family] = [f"config={_family}"]

@@ -41,12 +41,19 @@ COMMON = ["train.steps=1", "train.warmup_steps=0", "train.decay=constant", "trai
 LLAMA_STYLE = ["model.position_embedding=rope", "model.normalization=rmsnorm", "model.activation=swiglu",
                "model.bias=false", "model.num_query_groups=2", "model.ffn_hidden_size=96",
                "model.tie_embeddings=false", "train.grad_clip=0.5"]  # its first grad norm is ~0.9: clip it
+# the tiny T5 as T5ForConditionalGeneration (configs/t5/v1.1-style.yaml's options): relative position bias,
+# unscaled logits, RMSNorm, no biases, gated tanh-GELU, untied head; encoder on stage 0, decoder on stage 1
+T5_V11 = ["model.position_embedding=relative", "model.softmax_scale=1.0", "model.normalization=rmsnorm",
+          "model.bias=false", "model.activation=geglu_tanh", "model.tie_embeddings=false", "model.ffn_hidden_size=96",
+          "model.layernorm_epsilon=1e-6"]
 # name -> (config, overrides)
 CASES = {
     "GPT-2-style": (CONFIGS / "gpt" / "tiny.yaml", ["model.tie_embeddings=false"]),
     "GPT-2-style tied": (CONFIGS / "gpt" / "tiny.yaml", []),
     "Llama-style": (CONFIGS / "gpt" / "tiny.yaml", LLAMA_STYLE),
+    "T5 v1.1": (CONFIGS / "t5" / "tiny.yaml", T5_V11),
 }
+AUTO_CLASSES = {"gpt": "AutoModelForCausalLM", "bert": "AutoModelForMaskedLM", "t5": "AutoModelForSeq2SeqLM"}
 
 
 # --------------------------------------------------------------------------- subprocess: initial weights
@@ -55,7 +62,6 @@ CASES = {
 def prepare(config: str, overrides: list[str], out: Path) -> None:
     """Export the seed-only initial weights and save the first step's micro-batches."""
     from dist_pretrain.config import load_config, padded_vocab_size
-    from dist_pretrain.families import get_family
     from dist_pretrain.interop.hf_export import export_model
     from dist_pretrain.models.load import (
         build_model,
@@ -72,18 +78,28 @@ def prepare(config: str, overrides: list[str], out: Path) -> None:
     chunks = build_model(cfg, vocab)
     export_model(cfg, chunks, out / "initial")
     tr = cfg.train
-    stream = get_family(cfg.family).batches(cfg, "train", 0, 1, tr.micro_batch_size, cfg.seed, vocab)
+    from dist_pretrain.tasks import get_task
+
+    stream = get_task(cfg.task.name).batches(cfg, "train", 0, 1, tr.micro_batch_size, cfg.seed, vocab)
     torch.save([next(stream) for _ in range(tr.global_batch_size // tr.micro_batch_size)], out / "batches.pt")
 
 
 # --------------------------------------------------------------------------- transformers' side
 
 
-def hf_loss(model, batch: dict, family: str) -> torch.Tensor:
+def hf_loss(model, batch: dict, family: str) -> tuple[torch.Tensor, int]:
+    """(summed token loss, number of loss tokens) of one micro-batch through the HF model."""
     if family == "gpt":
         tokens = batch["tokens"]
         logits = model(input_ids=tokens[:, :-1]).logits
-        return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
+        return (torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten(),
+                                                  reduction="sum"), tokens[:, 1:].numel())
+    if family == "t5":  # a span-corruption batch: padded encoder input and targets
+        logits = model(input_ids=batch["enc_tokens"], attention_mask=batch["enc_mask"],
+                       decoder_input_ids=batch["dec_input"], decoder_attention_mask=batch["dec_mask"]).logits
+        per_token = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(),
+                                                      reduction="none")
+        return (per_token * batch["loss_mask"].flatten()).sum(), int(batch["loss_mask"].sum())
     raise NotImplementedError(f"oracle for family={family} is not implemented yet")
 
 
@@ -95,13 +111,16 @@ def hf_step(hf_dir: Path, batches: list[dict], cfg) -> tuple[float, float, dict,
     from dist_pretrain.train import learning_rate
 
     config = transformers.AutoConfig.from_pretrained(hf_dir)
-    auto = "AutoModelForCausalLM" if cfg.family == "gpt" else "AutoModelForMaskedLM"
-    model = getattr(transformers, auto).from_pretrained(hf_dir, config=config, dtype=torch.float32)
+    model = getattr(transformers, AUTO_CLASSES[cfg.family]).from_pretrained(hf_dir, config=config,
+                                                                            dtype=torch.float32)
     model.train()
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     tr = cfg.train
-    losses = [hf_loss(model, b, cfg.family) for b in batches]
-    loss = torch.stack(losses).mean()
+    sums, counts = zip(*(hf_loss(model, b, cfg.family) for b in batches))
+    # megatron differentiates the mean over micro-batches of each one's token mean; the trainer
+    # logs the token mean of the whole batch (the same when every micro-batch has as many tokens)
+    loss = torch.stack([s / n for s, n in zip(sums, counts)]).mean()
+    logged = sum(s.detach() for s in sums) / sum(counts)
     loss.backward()
     params = [p for p in model.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, tr.grad_clip if tr.grad_clip > 0 else float("inf"))
@@ -112,7 +131,7 @@ def hf_step(hf_dir: Path, batches: list[dict], cfg) -> tuple[float, float, dict,
     opt = torch.optim.AdamW(groups, lr=learning_rate(1, cfg), betas=(tr.adam_beta1, tr.adam_beta2), eps=tr.adam_eps)
     opt.step()
     after = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return float(loss.detach()), float(grad_norm), after, before
+    return float(logged), float(grad_norm), after, before
 
 
 # --------------------------------------------------------------------------- driver

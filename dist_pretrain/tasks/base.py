@@ -1,56 +1,46 @@
-"""What a model family provides to the shared training loop."""
+"""What a task provides to the shared training loop, and the batch pipeline tasks share.
+
+A task (causal LM, masked LM, span corruption, ...) turns samples into micro-batches,
+runs one through the model and computes its loss and metrics; the architecture
+(``dist_pretrain.models.architecture``) builds the model. The loop in ``train.py`` and
+megatron's pipeline schedules call ``forward_step`` the same way for every task.
+"""
 
 from __future__ import annotations
 
 from typing import Callable, Iterator, Protocol
 
 import torch
-from megatron.core.transformer.transformer_config import TransformerConfig
 
 from dist_pretrain.config import Config
 
+LossFunc = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]
 
-class Family(Protocol):
+
+class Task(Protocol):
     name: str
 
-    def build_chunk(
-        self, cfg: Config, tconfig: TransformerConfig, vocab_size: int,
-        pre_process: bool, post_process: bool, vp_stage: int | None,
-    ) -> torch.nn.Module:
-        """One pipeline chunk of the model (megatron-core module)."""
+    loss_key: str
+    """Key of the [loss sum, token count] pair in the dicts the loss function logs."""
 
-    def stage_shared_parameter_names(self, cfg: Config) -> set[str]:
-        """Parameters with a copy on the first and last pipeline stage (gradients summed)."""
+    def metric_keys(self, cfg: Config) -> list[str]:
+        """Keys of the [sum, count] pairs the loss function logs (loss_key first); logged as train/<key>."""
 
-    def tied_parameter_names(self, cfg: Config) -> dict[str, str]:
-        """Global parameter name -> the name whose initial value it must share."""
-
-    def forward_step(
-        self, batch: dict[str, torch.Tensor], model: torch.nn.Module
-    ) -> tuple[torch.Tensor, Callable[[torch.Tensor], tuple]]:
-        """Run one micro-batch through a chunk; return (output, loss_func) as megatron expects."""
+    def forward_step(self, data_iterator: Iterator[dict[str, torch.Tensor]],
+                     model: torch.nn.Module) -> tuple[torch.Tensor, LossFunc]:
+        """Take the next micro-batch from ``data_iterator``, run it through a model chunk and
+        return (output, loss function of that output), as megatron's schedules expect. The
+        loss function returns (loss sum, count, logged [sum, count] pairs)."""
 
     def batches(self, cfg: Config, split: str, dp_rank: int, dp_size: int, micro_batch_size: int,
                 seed: int, vocab_size: int, start_step: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         """Collated micro-batches for this data-parallel rank, from global step ``start_step``."""
 
-    def tokens_per_sample(self, cfg: Config) -> int:
-        """Tokens one sample feeds the model (throughput is reported in these)."""
 
-    def flops_per_sample(self, cfg: Config, vocab_size: int) -> float:
-        """Model FLOPs for forward + backward of one sample (no recompute)."""
-
-    loss_key: str
-    """Key of the [loss sum, token count] pair in the dicts loss_func returns."""
-
-    def metric_keys(self, cfg: Config) -> list[str]:
-        """Keys of the [sum, count] pairs loss_func logs (loss_key first); logged as train/<key>."""
-
-
-def family_batches(cfg: Config, split: str, dp_rank: int, dp_size: int, micro_batch_size: int,
-                   seed: int, start_step: int, transform: Callable,
-                   synthetic_fields: Callable[[int, int], dict]) -> Iterator[dict[str, torch.Tensor]]:
-    """Micro-batches for any family: synthetic (tests), the training stream, or validation.
+def task_batches(cfg: Config, split: str, dp_rank: int, dp_size: int, micro_batch_size: int,
+                 seed: int, start_step: int, transform: Callable,
+                 synthetic_fields: Callable[[int, int], dict]) -> Iterator[dict[str, torch.Tensor]]:
+    """Micro-batches for any task: synthetic (tests), the training stream, or validation.
 
     ``transform(fields, rng, previous)`` builds one example from a raw sample;
     ``synthetic_fields(index, seed)`` makes a raw synthetic sample.
@@ -83,10 +73,10 @@ def family_batches(cfg: Config, split: str, dp_rank: int, dp_size: int, micro_ba
     loader = build_lm_loader(path, "valid", dp_rank, dp_size, block=global_batch // dp_size,
                              num_workers=cfg.data.num_workers, limit=steps * global_batch,
                              worker_init_fn=loader_worker_init(cfg.checkpoint.signals))
-    return _validation_batches(loader, micro_batch_size, transform, seed)
+    return validation_batches(loader, micro_batch_size, transform, seed)
 
 
-def _validation_batches(loader, micro_batch_size: int, transform: Callable, seed: int):
+def validation_batches(loader, micro_batch_size: int, transform: Callable, seed: int):
     """One validation pass: this rank's samples (see ``data/loader.py``) in micro-batches.
 
     The loader deals every rank whole micro-batches. Examples are seeded by the sample's
@@ -95,7 +85,7 @@ def _validation_batches(loader, micro_batch_size: int, transform: Callable, seed
     """
     import numpy as np
 
-    from dist_pretrain.data.stream import sample_seed, stack
+    from dist_pretrain.data.examples import sample_seed, stack
 
     examples = []
     for sample in loader:
@@ -112,8 +102,8 @@ def tokenizer_for(cfg: Config):
     from dist_pretrain.data.tokenizer import load_tokenizer
 
     manifest = read_manifest(cfg.data.sources()[0][0])
-    tok = load_tokenizer(cfg.objective.tokenizer or manifest["tokenizer"]["name"])
+    tok = load_tokenizer(cfg.task.tokenizer or manifest["tokenizer"]["name"])
     if tok.vocab_hash != manifest["tokenizer"]["vocab_hash"]:
-        raise ValueError(f"objective.tokenizer={cfg.objective.tokenizer!r} is not the tokenizer the data "
+        raise ValueError(f"task.tokenizer={cfg.task.tokenizer!r} is not the tokenizer the data "
                          f"was made with ({manifest['tokenizer']['name']}); leave it unset")
     return tok

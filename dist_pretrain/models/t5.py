@@ -1,28 +1,22 @@
-"""Encoder-decoder T5: megatron-core ``T5Model`` + span corruption with sentinels."""
+"""Encoder-decoder T5 architecture: megatron-core ``T5Model`` with SDPA core attention.
+
+Pretrained with the span corruption task (``dist_pretrain.tasks.span_corruption``).
+"""
 
 from __future__ import annotations
 
 import copy
-from functools import partial
-from typing import Any, Iterator
 
-import numpy as np
 import torch
-from megatron.core import parallel_state, tensor_parallel
+from megatron.core import parallel_state
 from megatron.core.models.T5.t5_model import T5Model
 from megatron.core.models.T5.t5_spec import decoder_model_with_local_spec, encoder_model_with_local_spec
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from dist_pretrain.config import Config
-from dist_pretrain.data.synthetic import synthetic_doc_fields
-from dist_pretrain.families.base import family_batches, tokenizer_for
-from dist_pretrain.families.bert import masked_accuracy
 from dist_pretrain.models.attention import SDPAttention
-from dist_pretrain.objectives.span_corruption import SpanConfig, t5_example
-
-# synthetic runs (tests): SentencePiece-like pad/eos/unk and the top 100 ids as sentinels
-SYNTHETIC_SPECIALS = {"pad": 0, "eos": 1, "unk": 2}
+from dist_pretrain.models.flops import t5_flops_per_sample
 
 
 def t5_layer_specs() -> tuple[ModuleSpec, ModuleSpec]:
@@ -53,13 +47,36 @@ def _uneven(config: TransformerConfig, num_layers: int, first: int, last: int) -
     return out
 
 
+class StagedT5Model(T5Model):
+    """megatron-core's ``T5Model`` on our encoder stage / decoder stage pipeline split.
+
+    With relative position bias megatron's forward builds the encoder's bias on every stage,
+    reading the encoder block even where this stage has none (the decoder stage): there the
+    encoder's output arrives as the pipeline input (``set_input_tensor``) and is passed on as
+    ``encoder_hidden_states``, so the encoder path (its embedding and bias) is skipped. Each
+    stage keeps only its own stack's bias table, so no parameter sits unused and untrained
+    on a stage (it would be saved twice with different values).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.position_embedding_type == "relative":
+            if not self.add_encoder:
+                self.encoder_relative_pos_emb = None
+            if not self.add_decoder:
+                self.decoder_relative_pos_emb = None
+
+    def forward(self, encoder_input_ids, decoder_input_ids, encoder_attn_mask, decoder_attn_mask,
+                encoder_decoder_attn_mask, lm_labels=None, encoder_hidden_states=None, **kwargs):
+        if encoder_hidden_states is None and not self.add_encoder:
+            encoder_hidden_states = self.encoder_hidden_state
+        return super().forward(encoder_input_ids, decoder_input_ids, encoder_attn_mask, decoder_attn_mask,
+                               encoder_decoder_attn_mask, lm_labels=lm_labels,
+                               encoder_hidden_states=encoder_hidden_states, **kwargs)
+
+
 def decoder_length(cfg: Config) -> int:
-    return cfg.model.decoder_seq_length or max(2, cfg.model.seq_length // 4)
-
-
-def t5_sample(fields: dict, rng: np.random.Generator, previous: dict | None, *, enc_len: int,
-              dec_len: int, sentinel_ids, special_ids: dict, span: SpanConfig) -> dict:
-    return t5_example(fields["tokens"], enc_len, dec_len, sentinel_ids, special_ids, rng, span)
+    return cfg.model.decoder_length
 
 
 def key_padding_mask(real: torch.Tensor) -> torch.Tensor:
@@ -67,12 +84,8 @@ def key_padding_mask(real: torch.Tensor) -> torch.Tensor:
     return (real == 0)[:, None, None, :]
 
 
-class T5Family:
+class T5:
     name = "t5"
-    loss_key = "lm loss"
-
-    def metric_keys(self, cfg: Config) -> list[str]:
-        return [self.loss_key, "span accuracy"]
 
     def build_chunk(self, cfg: Config, tconfig: TransformerConfig, vocab_size: int,
                     pre_process: bool, post_process: bool, vp_stage: int | None) -> torch.nn.Module:
@@ -85,7 +98,8 @@ class T5Family:
         decoder_config = _uneven(tconfig, dec_layers, first=0, last=dec_layers)
         stage = parallel_state.get_pipeline_model_parallel_rank() if cfg.parallel.pipeline > 1 else None
         encoder_spec, decoder_spec = t5_layer_specs()
-        model = T5Model(
+        m = cfg.model
+        model = StagedT5Model(
             config=decoder_config, encoder_config=encoder_config,
             transformer_encoder_layer_spec=encoder_spec, transformer_decoder_layer_spec=decoder_spec,
             vocab_size=vocab_size,
@@ -93,8 +107,10 @@ class T5Family:
             pre_process=True if stage is not None else pre_process,
             post_process=post_process,
             add_encoder=stage in (None, 0), add_decoder=stage in (None, 1),
-            share_embeddings_and_output_weights=True, parallel_output=True,
-            position_embedding_type="learned_absolute",
+            share_embeddings_and_output_weights=m.tie_embeddings, parallel_output=True,
+            position_embedding_type="relative" if m.position_embedding == "relative" else "learned_absolute",
+            relative_attention_num_buckets=m.relative_attention_num_buckets,
+            relative_attention_max_distance=m.relative_attention_max_distance,
         )
         if stage == 0:  # the encoder ends here: it needs its final norm on this stage
             block = model.encoder
@@ -108,44 +124,10 @@ class T5Family:
         return {"embedding.word_embeddings.weight", "embedding.position_embeddings.weight"}
 
     def tied_parameter_names(self, cfg: Config) -> dict[str, str]:
-        return {"lm_head.output_layer.weight": "embedding.word_embeddings.weight"}
+        return {"lm_head.output_layer.weight": "embedding.word_embeddings.weight"} if cfg.model.tie_embeddings else {}
 
-    def forward_step(self, data_iterator: Iterator[dict], model) -> tuple[Any, Any]:
-        b = next(data_iterator)
-        enc_mask = key_padding_mask(b["enc_mask"])
-        logits = model(b["enc_tokens"], b["dec_input"], enc_mask, key_padding_mask(b["dec_mask"]),
-                       enc_mask, lm_labels=None)
-        return logits, partial(self._loss, b)
-
-    @staticmethod
-    def _loss(batch: dict, logits: torch.Tensor):
-        loss_mask = batch["loss_mask"]
-        per_token = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), batch["labels"])
-        loss_sum = (per_token * loss_mask).sum()
-        n = loss_mask.sum()
-        correct = masked_accuracy(logits, batch["labels"], loss_mask)
-        return loss_sum, n.to(torch.int), {"lm loss": torch.stack([loss_sum.detach(), n]),
-                                           "span accuracy": torch.stack([correct, n])}
-
-    def batches(self, cfg: Config, split: str, dp_rank: int, dp_size: int, micro_batch_size: int,
-                seed: int, vocab_size: int, start_step: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-        obj = cfg.objective
-        span = SpanConfig(noise_density=obj.noise_density, mean_noise_span_length=obj.mean_noise_span_length)
-        if cfg.data.synthetic:
-            specials, sentinels = SYNTHETIC_SPECIALS, list(range(vocab_size - 100, vocab_size))
-            fields = partial(synthetic_doc_fields, low=3, high=vocab_size - 100, length=cfg.model.seq_length)
-        else:
-            tok = tokenizer_for(cfg)
-            specials, sentinels = tok.special_ids, tok.sentinel_ids
-            if len(sentinels) < 100:
-                raise ValueError(f"T5 needs >= 100 sentinel tokens <extra_id_N>; {tok.name} has "
-                                 f"{len(sentinels)} (train one: dist-pretrain tokenizer train --kind "
-                                 "sentencepiece --sentinels 100 ...)")
-            fields = None
-        transform = partial(t5_sample, enc_len=cfg.model.seq_length, dec_len=decoder_length(cfg),
-                            sentinel_ids=sentinels, special_ids=specials, span=span)
-        return family_batches(cfg, split, dp_rank, dp_size, micro_batch_size, seed, start_step,
-                              transform=transform, synthetic_fields=fields)
+    def head_parameter_names(self, cfg: Config) -> tuple[str, ...]:
+        return ()
 
     def tokens_per_sample(self, cfg: Config) -> int:
         return cfg.model.seq_length + decoder_length(cfg)
@@ -154,18 +136,3 @@ class T5Family:
         return t5_flops_per_sample(cfg.model.encoder_num_layers or cfg.model.num_layers, cfg.model.num_layers,
                                    cfg.model.hidden_size, cfg.model.ffn, cfg.model.seq_length,
                                    decoder_length(cfg), vocab_size)
-
-
-def t5_flops_per_sample(enc_layers: int, dec_layers: int, h: int, ffn: int, se: int, sd: int,
-                        vocab: int) -> float:
-    """Training FLOPs (3 x forward) of one encoder-decoder sample, Megatron's conventions.
-
-    Encoder, per token and layer: QKV 6h^2, scores + values 4 s_e h, output 2h^2, MLP 4h ffn.
-    Decoder, per token and layer: the same self-attention with s_d, plus cross-attention:
-    Q and output 4h^2, scores + values 4 s_e h; its K and V projections run over the
-    encoder output (4h^2 per encoder token and decoder layer). Logits 2hV per target token.
-    """
-    encoder = se * enc_layers * (8 * h * h + 4 * se * h + 4 * h * ffn)
-    decoder = dec_layers * (sd * (8 * h * h + 4 * sd * h + 4 * h * h + 4 * se * h + 4 * h * ffn)
-                            + se * 4 * h * h)
-    return 3.0 * (encoder + decoder + sd * 2 * h * vocab)

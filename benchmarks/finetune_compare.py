@@ -1,0 +1,139 @@
+"""Does pretraining help? The same model fine-tuned from a pretrained checkpoint and from
+random initialisation, same config and steps, over several seeds; prints a Markdown table.
+
+    python -m benchmarks.finetune_compare configs/bert/sentiment.yaml --seeds 1 2 3
+    python -m benchmarks.finetune_compare configs/bert/sentiment.yaml --seeds 1234 --report-only
+
+Each run is ``launchers/torchrun.sh CONFIG seed=S run_dir=ROOT/{pretrained,scratch}-S``,
+the scratch runs with ``checkpoint.init_from=null``; ``seed`` seeds the new head (and,
+from scratch, every weight), the dropout and the epoch order. A run already finished in
+its run_dir (history.jsonl reaching train.steps) is read, not repeated. Reported per run:
+the best validation value of the config's ``task.best_metric`` and the test metrics of that
+checkpoint; then mean ± std (sample std, n - 1) per arm, and the pretraining budget
+(steps x global batch x sequence length of the checkpoint fine-tuning started from).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(config: str, overrides: list[str]):
+    sys.path.insert(0, str(ROOT))
+    from dist_pretrain.config import load_config
+
+    return load_config(config, overrides)
+
+
+def run(config: str, run_dir: Path, overrides: list[str]) -> float:
+    """Train unless run_dir already holds the finished run; returns wall seconds (0 if read)."""
+    if _finished(run_dir):
+        return 0.0
+    t0 = time.perf_counter()
+    subprocess.run(["bash", str(ROOT / "launchers/torchrun.sh"), config, f"run_dir={run_dir}", *overrides],
+                   check=True, cwd=ROOT)
+    return time.perf_counter() - t0
+
+
+def _history(run_dir: Path) -> list[dict]:
+    path = run_dir / "history.jsonl"
+    if not path.is_file():
+        return []
+    rows = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        rows[row["step"]] = {**rows.get(row["step"], {}), **row}  # a resumed run repeats no step
+    return [rows[k] for k in sorted(rows)]
+
+
+def _finished(run_dir: Path) -> bool:
+    meta = run_dir / "checkpoints" / "latest"
+    history = _history(run_dir)
+    if not history or not meta.is_file():
+        return False
+    cfg = json.loads((run_dir / "checkpoints" / meta.read_text().strip() / "meta.json").read_text())["config"]
+    return history[-1]["step"] == cfg["train"]["steps"]
+
+
+def result(run_dir: Path, metric: str) -> dict[str, float]:
+    last = _history(run_dir)[-1]
+    out = {f"val/best_{metric}": last[f"val/best_{metric}"]}
+    out.update({k: v for k, v in last.items() if k.startswith("test/")})
+    return out
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def pretraining_budget(init_from: str | None) -> str:
+    if not init_from:
+        return "none"
+    sys.path.insert(0, str(ROOT))
+    from dist_pretrain.models.load import checkpoint_meta, resolve_checkpoint
+
+    directory = resolve_checkpoint(init_from)
+    meta = checkpoint_meta(directory)
+    cfg = meta["config"]
+    tokens = meta["step"] * cfg["train"]["global_batch_size"] * cfg["model"]["seq_length"]
+    at = ""
+    history = _history(directory.parent.parent)
+    rows = [r for r in history if r["step"] == meta["step"]]
+    if rows:  # how far pretraining got: its own training metrics at that step
+        at = "; at that step " + ", ".join(f"{k.removeprefix('train/')} {v:.3f}" for k, v in rows[0].items()
+                                           if k in ("train/loss", "train/mlm_accuracy", "train/span_accuracy"))
+    return (f"{directory}: {meta['step']} steps x {cfg['train']['global_batch_size']} sequences x "
+            f"{cfg['model']['seq_length']} tokens = {tokens:,} tokens{at}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="key.sub=value for every run")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--root", default=None, help="run directories (default: the config's run_dir)")
+    p.add_argument("--report-only", action="store_true", help="read finished runs, train none")
+    args = p.parse_args(argv)
+    cfg = _config(args.config, args.overrides)
+    metric = cfg.task.best_metric or {"classification": "accuracy", "text_to_text": "rouge_l"}[cfg.task.name]
+    root = Path(args.root or cfg.run_dir)
+    arms = {"pretrained": [], "scratch": ["checkpoint.init_from=null"]}
+    seconds = {}
+    for seed in args.seeds:
+        for arm, extra in arms.items():
+            run_dir = root / f"{arm}-{seed}"
+            if not args.report_only:
+                seconds[(arm, seed)] = run(args.config, run_dir, [*args.overrides, f"seed={seed}", *extra])
+    results = {arm: [result(root / f"{arm}-{s}", metric) for s in args.seeds] for arm in arms}
+    keys = list(results["pretrained"][0])
+    lines = [f"## Fine-tuning from the pretrained checkpoint vs from scratch ({cfg.task.name})", "",
+             f"config `{args.config}` {' '.join(args.overrides)}; {cfg.train.epochs or '-'} epochs, "
+             f"seeds {', '.join(map(str, args.seeds))}; machine {platform.node()} ({os.cpu_count()} CPUs)",
+             f"pretraining: {pretraining_budget(cfg.checkpoint.init_from)}", "",
+             "| init | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for arm in arms:
+        lines.append(f"| {arm} | " + " | ".join(_mean_std([r[k] for r in results[arm]]) for k in keys) + " |")
+    lines += ["", "per seed:", ""]
+    for arm in arms:
+        for seed, r in zip(args.seeds, results[arm]):
+            took = seconds.get((arm, seed))
+            lines.append(f"- {arm} seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in r.items())
+                         + (f" ({took:.0f} s)" if took else ""))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
