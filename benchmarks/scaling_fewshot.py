@@ -27,7 +27,11 @@ def main(argv=None) -> None:
     parser.add_argument("--output", required=True)
     parser.add_argument("--shots", default="0,1,5")
     parser.add_argument("--limit", type=int, default=200)
+    parser.add_argument("--plot-only", action="store_true", help="redraw fewshot.png from fewshot.json")
     args = parser.parse_args(argv)
+    if args.plot_only:
+        plot(json.loads((Path(args.output) / "fewshot.json").read_text()), Path(args.output))
+        return
     rows = [json.loads(x) for x in Path(args.results).read_text().splitlines() if x.strip()]
     final = {}
     for r in rows:
@@ -47,10 +51,15 @@ def main(argv=None) -> None:
         print(f"{r['name']}: evaluated", flush=True)
     Path(args.output).mkdir(parents=True, exist_ok=True)
     (Path(args.output) / "fewshot.json").write_text(json.dumps(out, indent=1))
+    plot(out, Path(args.output))
+
+
+def plot(out: list[dict], directory: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     tasks = sorted({e["task"] for e in out})
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4.2), squeeze=False)
@@ -61,14 +70,17 @@ def main(argv=None) -> None:
             pts = sorted((e["params"], e["value"]) for e in mine if e["shots"] == k and e["metric"] == metric)
             ax.plot([p for p, _ in pts], [v for _, v in pts], "o-", label=f"{k}-shot")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("Parameters N (non-embedding)")
         ax.set_ylabel(metric)
-        ax.set_title(task)
+        truncated = sum(e["truncated"] for e in mine if e["shots"] == max(e["shots"] for e in mine)) if mine else 0
+        ax.set_title(f"{task} ({truncated} of {sum(e['n'] for e in mine if e['shots'] == max(x['shots'] for x in mine))} "
+                     f"prompts truncated at the most shots)" if mine else task, fontsize=9)
         ax.grid(True, which="both", alpha=0.25)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(Path(args.output) / "fewshot.png", dpi=110)
-    print(f"wrote {Path(args.output) / 'fewshot.json'} and fewshot.png")
+    fig.savefig(directory / "fewshot.png", dpi=110)
+    print(f"wrote {directory / 'fewshot.png'}")
 
 
 if __name__ == "__main__":
