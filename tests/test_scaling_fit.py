@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from dist_pretrain.scaling.fit import CHINCHILLA_PUBLISHED, allocation, compute_optimal, fit_all, fit_chinchilla
+from dist_pretrain.scaling.fit import CHINCHILLA_PUBLISHED, allocation, compute_optimal, fit_chinchilla
 from dist_pretrain.scaling.results import ScalingError, check_fittable, load_results, parse_rows
 
 P = CHINCHILLA_PUBLISHED

@@ -18,7 +18,6 @@ with G = (alpha A / (beta B))^(1/(alpha+beta)), a = beta/(alpha+beta), b = alpha
 from __future__ import annotations
 
 import itertools
-import math
 
 import numpy as np
 from scipy.optimize import minimize
@@ -247,6 +246,3 @@ def fit_all(runs: list[Run], budgets: list[float], samples: int = 100, seed: int
             "published": {"kaplan": KAPLAN_PUBLISHED, "chinchilla": {**CHINCHILLA_PUBLISHED,
                                                                      **allocation(0.34, 0.28)}}}
 
-
-def fmt_law(name: str, alpha: float, x_c: float, var: str) -> str:
-    return f"L = ({var}_c/{var})^{alpha:.3f}, {var}_c = {x_c:.3g}" if math.isfinite(x_c) else f"{name}: alpha {alpha:.3f}"
