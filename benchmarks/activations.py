@@ -57,10 +57,16 @@ class SavedCounter:
 
 
 def saved_bytes(size: GPTSize, precision: str, recompute: str, dropout: float = 0.0) -> dict:
-    # on CPU megatron's dropout RNG fork is the CPU generator itself and says so once per layer
-    logging.getLogger("megatron.core.tensor_parallel.random").setLevel(logging.ERROR)
     trainer = build_trainer(gpt_overrides(size, precision) + [
         f"model.recompute={recompute}", f"model.hidden_dropout={dropout}", f"model.attention_dropout={dropout}"])
+    return count_saved(trainer)
+
+
+def count_saved(trainer) -> dict:
+    """Bytes of the storages one micro-batch's forward (loss included) saves for backward on
+    this rank, by region (a GPT-style model: its layers are ``decoder.layers``)."""
+    # on CPU megatron's dropout RNG fork is the CPU generator itself and says so once per layer
+    logging.getLogger("megatron.core.tensor_parallel.random").setLevel(logging.ERROR)
     chunk = trainer.engine.model_chunks[0]
     model = chunk.module
     while not hasattr(model, "decoder"):  # DeepSpeed / Float16Module / DDP wrappers

@@ -135,6 +135,16 @@ def memory_notes(memory: list[dict]) -> list[str]:
                        f"bytes/param of parameters, {_per_param(released, 'params'):.2f} with "
                        "`stage3_max_live_parameters` and `stage3_max_reuse_distance` at 0 (the 'params released' "
                        "row); their defaults (1e9) leave a model this small gathered after its first use.")
+    for row in memory:
+        if row.get("stated", 0) > 0:
+            out.append(f"- {row['name']}: {row['stated'] / row['psi']:.2f} bytes/param of stated buffers: the "
+                       "gathered parameters DeepSpeed may keep (at least the largest parameter, gathered whole; "
+                       "here the tied embedding) and that parameter's full gradient before its reduce-scatter.")
+    ok = [row for row in memory if "ZeRO-0" not in row["name"]]
+    if ok:
+        worst = max(ok, key=lambda r: r.get("ratio_stated", r["ratio"]))
+        out.append(f"- ZeRO-1/2/3: largest measured / (paper + stated buffers) is "
+                   f"{worst.get('ratio_stated', worst['ratio']):.3f} ({worst['name']}; the goal is <= 1.05).")
     buffers = {row["name"]: row["buffers"] for row in memory if row.get("buffers", 0) >= 2**20}
     if buffers:
         shown = ", ".join(f"{name} {_bytes(b)}" for name, b in buffers.items())

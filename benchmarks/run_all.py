@@ -87,8 +87,18 @@ def run(smoke: bool, only: set[str]) -> dict:
         part("peers", do_peers)
     if "activations" in only:
         part("activations", do_activations)
+    def do_memory():
+        """Only the model-state memory cases, in one 2-process job."""
+        got = launch_worker(2, memory_cases, threads=1)
+        out["errors"].update({name: r["error"] for name, r in got.items() if "error" in r})
+        cases_ok = [c for c in memory_cases if "error" not in got[c["name"]]]
+        if cases_ok:
+            out["memory"] = memory.rows(got, cases_ok)
+
     if "parallel" in only:
         part("torchrun jobs (scaling, memory, families)", do_parallel)
+    elif "memory" in only:
+        part("torchrun job (memory)", do_memory)
     out["seconds"] = time.perf_counter() - t0
     out["machine_after"] = machine()
     return out
@@ -211,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, < 60 s: proves everything runs")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    parser.add_argument("--only", nargs="+", choices=["peers", "activations", "parallel"],
-                        default=["peers", "activations", "parallel"])
+    parser.add_argument("--only", nargs="+", choices=["peers", "activations", "parallel", "memory"],
+                        default=["peers", "activations", "parallel"],
+                        help="parts to run; 'memory' is the model-state part of 'parallel' alone")
     parser.add_argument("--render", metavar="JSON", help="only re-write the report and chart of a saved run")
     args = parser.parse_args(argv)
     if args.render:
@@ -223,12 +234,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     warnings.filterwarnings("ignore")  # megatron-core's "Apex / Transformer Engine not installed", ...
     command = "python -m benchmarks.run_all" + (" --smoke" if args.smoke else "") + \
-        (f" --only {' '.join(args.only)}" if len(args.only) < 3 else "")
+        (f" --only {' '.join(args.only)}" if set(args.only) != {"peers", "activations", "parallel"} else "")
     res = run(args.smoke, set(args.only))
     res["command"] = command
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{datetime.date.today().isoformat()}-cpu{'-smoke' if args.smoke else ''}"
+    partial = set(args.only) != {"peers", "activations", "parallel"}
+    stem = (f"{datetime.date.today().isoformat()}-cpu{'-smoke' if args.smoke else ''}"
+            + (f"-{'-'.join(sorted(args.only))}" if partial else ""))
     (out / f"{stem}.json").write_text(json.dumps(res, indent=1, default=str))
     print(write(res, command, out, stem))
     print(f"\nwrote {out / stem}.md ({res['seconds']:.0f} s)")

@@ -9,7 +9,9 @@ Each case builds a ``Trainer`` (parallel_state is rebuilt between cases) and eit
   ``throughput/tflops_per_device`` over the steps after ``warmup``;
 * ``"kind": "memory"``: trains two steps and, at the entry of the last AdamW step (gradients
   reduced, optimizer state allocated: the high-water mark of model state), counts the tensor
-  storage each rank holds with ``dist_pretrain.memory.held_model_state``.
+  storage each rank holds with ``dist_pretrain.memory.held_model_state``;
+* ``"kind": "activations"``: one micro-batch's forward, counting the storages saved for
+  backward on each rank (``benchmarks.activations.count_saved``).
 """
 
 from __future__ import annotations
@@ -107,9 +109,21 @@ def memory_case(case: dict, world: int) -> dict:
     armed[0] = True  # AdamW's moments exist from the first update on: count the second step
     trainer.train_step(2)
     # unique parameters of the model (ZeRO-3 keeps the full count in ds_numel)
-    result = {"psi": sum(getattr(p, "ds_numel", p.numel()) for p in params), **best}
+    result = {"psi": sum(getattr(p, "ds_numel", p.numel()) for p in params), **best,
+              # ZeRO-3 gathers parameters whole: its stated budget and the one it must gather anyway
+              "largest_param": max(getattr(p, "ds_numel", p.numel()) for p in params),
+              "max_live_parameters": engine.engine.zero_max_live_parameters() if case["stage"] == 3 else 0}
     gathered = [None] * world
     torch.distributed.all_gather_object(gathered, result)
+    return {"ranks": gathered}
+
+
+def activations_case(case: dict, world: int) -> dict:
+    from benchmarks.activations import count_saved
+
+    saved = count_saved(_trainer(case, world))
+    gathered = [None] * world
+    torch.distributed.all_gather_object(gathered, saved)
     return {"ranks": gathered}
 
 
@@ -120,7 +134,7 @@ def main() -> None:
     world = world_size_from_env()
     results = {}
     for case in cases:
-        run = train_case if case["kind"] == "train" else memory_case
+        run = {"train": train_case, "memory": memory_case, "activations": activations_case}[case["kind"]]
         try:
             results[case["name"]] = run(case, world)
         except Exception as err:  # noqa: BLE001 - the same error on every rank (config, code): next case

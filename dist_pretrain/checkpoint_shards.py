@@ -38,7 +38,7 @@ def parameter_shards(chunks: list[torch.nn.Module]) -> list[tuple[torch.nn.Param
         model = _inner(chunk)
         for p in model.parameters():
             by_id[id(p)] = p
-        with _whole_parameters(model):
+        with whole_parameters(model):
             sharded = model.sharded_state_dict(prefix="", metadata=metadata).values()
         for st in sharded:
             if not isinstance(st, (ShardedTensor, ShardedTensorFactory)) or id(st.data) not in by_id:
@@ -83,7 +83,7 @@ def parameter_shape(p: torch.nn.Parameter) -> tuple[int, ...]:
     return tuple(p.ds_shape) if hasattr(p, "ds_id") else tuple(p.shape)
 
 
-def _whole_parameters(model: torch.nn.Module):
+def whole_parameters(model: torch.nn.Module):
     """ZeRO-3 keeps only a DP partition of each parameter (``p.shape`` is empty): gather the
     TP-local weights while megatron describes their shapes and TP/PP placement."""
     params = [p for p in model.parameters() if hasattr(p, "ds_id")]

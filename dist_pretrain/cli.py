@@ -1,4 +1,4 @@
-"""``dist-pretrain`` command: train, check, preprocess, tokenizer train, checkpoint, export, import,
+"""``dist-pretrain`` command: train, check, plan, preprocess, tokenizer train, checkpoint, export, import,
 generate, evaluate, demo-corpus, sweep, scaling fit.
 
 A ``UserError`` (bad config, data, path, checkpoint or weights) leaves every command as
@@ -83,7 +83,7 @@ def _train(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     commands = {"train", "check", "preprocess", "demo-corpus", "tokenizer", "checkpoint", "export", "import",
-                "generate", "evaluate", "finetune-data", "sweep", "scaling"}
+                "generate", "evaluate", "finetune-data", "plan", "sweep", "scaling"}
     if not argv or argv[0] not in commands:
         print(f"usage: dist-pretrain {{{','.join(sorted(commands))}}} ...", file=sys.stderr)
         return 2
@@ -101,6 +101,10 @@ def _command(cmd: str, rest: list[str]) -> int:
         return check_main(rest)
     if cmd == "train":
         return _train(rest)
+    if cmd == "plan":
+        from dist_pretrain.plan import main as plan_main
+
+        return plan_main(rest)
     if cmd == "preprocess":
         from dist_pretrain.data.preprocess import main as preprocess_main
 

@@ -63,14 +63,10 @@ def config_problems(cfg: Config, world_size: int, vocab_size: Optional[int] = No
     def err(msg: str) -> None:
         errors.append(msg)
 
-    if cfg.task.name not in TASKS_OF_ARCH[m.arch]:
-        err(f"task.name={cfg.task.name} does not fit model.arch={m.arch}; its tasks: "
-            f"{', '.join(TASKS_OF_ARCH[m.arch])}")
-    _finetune_problems(cfg, err)
-
     tasks = TASKS_OF_ARCH[m.arch]
     if cfg.task.name not in tasks:
         err(f"task.name={cfg.task.name} does not fit model.arch={m.arch}; its tasks: {', '.join(tasks)}")
+    _finetune_problems(cfg, err)
     if world_size % (tp * pp):
         err(
             f"world size {world_size} is not divisible by parallel.tensor={tp} x "
@@ -174,6 +170,7 @@ def config_problems(cfg: Config, world_size: int, vocab_size: Optional[int] = No
             deepspeed_config(cfg, dp, tr.global_batch_size // (tr.micro_batch_size * dp))
         except ConfigError as e:
             err(str(e))
+    errors += icl_problems(cfg)
     return errors
 
 
@@ -192,6 +189,38 @@ _DS_SOURCE = {
     "zero_optimization.offload_optimizer.device": "parallel.offload_optimizer",
     "zero_optimization.offload_param.device": "parallel.offload_params",
 }
+
+
+def icl_problems(cfg: Config) -> list[str]:
+    """What keeps ``eval.icl_tasks`` from running on this training layout, one line each."""
+    ev, par = cfg.eval, cfg.parallel
+    if not ev.icl_tasks and not ev.icl_interval:
+        return []
+    errors = []
+    if ev.icl_tasks and not ev.icl_interval:
+        errors.append("eval.icl_tasks is set but eval.icl_interval=0: set eval.icl_interval=N (steps between "
+                      "in-context evaluations) or remove eval.icl_tasks")
+    if ev.icl_interval and not ev.icl_tasks:
+        errors.append(f"eval.icl_interval={ev.icl_interval} but eval.icl_tasks is empty: add tasks, e.g. "
+                      "eval.icl_tasks=[{task: polarity, shots: [0, 1]}]")
+    if ev.icl_tasks and cfg.family != "gpt":
+        errors.append(f"eval.icl_tasks scores continuations with a causal LM: model.arch={cfg.family} has none "
+                      "(use model.arch=gpt, or remove eval.icl_tasks)")
+    if ev.icl_tasks and par.virtual_pipeline and par.virtual_pipeline > 1:
+        errors.append(f"eval.icl_tasks runs one model chunk per stage: parallel.virtual_pipeline="
+                      f"{par.virtual_pipeline} is not supported with it (unset virtual_pipeline)")
+    if ev.icl_tasks and par.zero_stage == 3:
+        errors.append("eval.icl_tasks calls the model outside the DeepSpeed engine, where ZeRO-3's partitioned "
+                      "weights are not gathered: use parallel.zero_stage 0, 1 or 2 with it")
+    if ev.icl_tasks and cfg.data.synthetic:
+        errors.append("eval.icl_tasks needs text: data.synthetic=true has no tokenizer (use real data)")
+    from dist_pretrain.evaluation.tasks import BUILT_IN  # no torch there
+
+    for t in ev.icl_tasks:
+        if t.task not in BUILT_IN and not Path(t.task).is_file():
+            errors.append(f"eval.icl_tasks: task {t.task!r} is neither a built-in task "
+                          f"({', '.join(sorted(BUILT_IN))}) nor an existing JSONL file")
+    return errors
 
 
 def deepspeed_config(cfg: Config, dp_size: int, num_microbatches: int) -> dict:

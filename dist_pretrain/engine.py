@@ -48,6 +48,14 @@ import torch
 from megatron.core import parallel_state
 
 from dist_pretrain.optim_state import adam_step_tensor
+from dist_pretrain.zero_memory import (
+    alias_fp32_master,
+    split_param_groups,
+    use_compact_gradient_partitions,
+    zero3_defaults,
+)
+from dist_pretrain.zero_step import foreach_grad_norm, overflow_from_norm
+
 
 class MegatronMPU:
     """The ``mpu`` interface DeepSpeed expects, backed by megatron-core's parallel_state."""
@@ -139,8 +147,15 @@ class ZeroEngine:
         self.num_chunks = len(chunks)
         self.num_microbatches = num_microbatches
         self._mark_tied_copies(chunks)
+        groups = _param_groups(chunks, train_cfg.weight_decay, head, head_lr_mult)
+        stage = ds_config["zero_optimization"]["stage"]
+        if train_cfg.precision == "bf16" and stage in (1, 2):  # a small transient fp32 gradient (zero_memory.py)
+            groups = split_param_groups(groups)
+        if stage == 3:  # sized by the model where the user's JSON is silent (zero_memory.py)
+            defaults = zero3_defaults(chunks, parallel_state.get_data_parallel_world_size())
+            ds_config = {**ds_config, "zero_optimization": {**defaults, **ds_config["zero_optimization"]}}
         optimizer = torch.optim.AdamW(
-            _param_groups(chunks, train_cfg.weight_decay, head, head_lr_mult),
+            groups,
             lr=train_cfg.lr,
             betas=(train_cfg.adam_beta1, train_cfg.adam_beta2),
             eps=train_cfg.adam_eps,
@@ -149,6 +164,13 @@ class ZeroEngine:
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=_Chunks(chunks), optimizer=optimizer, config=ds_config, mpu=MegatronMPU()
         )
+        # hold the bytes the ZeRO paper promises (zero_memory.py)
+        if stage in (1, 2):
+            use_compact_gradient_partitions(self.engine.optimizer)
+            # and a step as cheap as fused clip + AdamW (zero_step.py)
+            foreach_grad_norm(self.engine.optimizer)
+            overflow_from_norm(self.engine.optimizer)
+        alias_fp32_master(self.engine.optimizer)
         self._backwards_this_step = 0
         self._wrap_backward_prologue()
         self.model_chunks = [EngineChunk(self.engine, i) for i in range(self.num_chunks)]

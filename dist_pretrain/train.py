@@ -203,6 +203,11 @@ class Trainer:
         self.engine = build_engine(cfg, self.rt, chunks, self.tconfig, self.num_microbatches, head)
         self.selection = Selection(self) if cfg.task.name in FINETUNE_TASKS else None
         self.current_step = 0
+        self.icl = None
+        if cfg.eval.icl_tasks:
+            from dist_pretrain.evaluation.in_training import InContextEvaluator
+
+            self.icl = InContextEvaluator(cfg, chunks, self.vocab_size, self.rt.device)
         self.start_step, self.skipped_steps = self._resume(resume_from)
         self.skipped_in_a_row = 0
         self.forward_backward = get_forward_backward_func()
@@ -388,6 +393,18 @@ class Trainer:
         return {"val/loss": val_loss, "val/loss_se": se, "val/perplexity": math.exp(min(val_loss, 50.0)),
                 **{f"val/{_tag(k)}": v for k, v in totals.items()}}
 
+    def in_context_evaluation(self, step: int) -> dict[str, float]:
+        """``eval.icl_tasks`` on the model as it is (``dist_pretrain.evaluation.in_training``)."""
+        self.engine.train(False)
+        try:
+            values = self.icl.run()
+        finally:
+            self.engine.train(True)
+        if self.rt.is_logging_rank:
+            print(f"in-context evaluation at step {step}: "
+                  + " | ".join(f"{k[4:]} {v:.4f}" for k, v in values.items()), flush=True)
+        return values
+
     def fit(self) -> list[dict[str, Any]]:
         """Train to ``train.steps``; returns this run's per-step values.
 
@@ -419,6 +436,8 @@ class Trainer:
                     if self.rt.is_logging_rank and "val/perplexity" in values:
                         print(f"validation at step {step}: loss {values['val/loss']:.4f} | "
                               f"perplexity {values['val/perplexity']:.2f}", flush=True)
+                if self.icl is not None and self.icl.due(step):
+                    values.update(self.in_context_evaluation(step))
                 best = self.selection is not None and self.selection.best_step == step
                 if last and self.selection is not None:
                     values.update(self.selection.final())

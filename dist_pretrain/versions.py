@@ -32,6 +32,16 @@ INTERNALS = {
         "DeepSpeedZeroOptimizer_Stage3._reassign_or_swap_out_partitioned_parameters (ZeRO-3 restore)",
         "parameter attributes ds_id / ds_shape / ds_pipe_replicated",
         "deepspeed.comm.torch.build_shm_op (skipped on CPU by cpu_compat)",
+        "stage_1_and_2 _use_compact_grad_partition_buffer (replaced: reduce into one flat partition for every "
+        "dtype), _is_muon_group, params_in_partition, cpu_offload (zero_memory.py)",
+        "stage_1_and_2 parallel_partitioned_bit16_groups / real_dp_process_group / _link_all_hp_params and "
+        "stage3 fp16_partitioned_groups_flat / offload_optimizer (fp32 master aliased to fp32 weights)",
+        "stage3 sub_group_size and stage3_* live/prefetch/persistence keys set from the model when the JSON "
+        "is silent; DeepSpeedEngine.zero_max_live_parameters (memory benchmark)",
+        "stage_1_and_2 get_grad_norm_direct (replaced by a foreach fp64 norm: model_parallel_rank, "
+        "dp_process_group, _model_parallel_all_reduce, _zero_padding; runtime.utils is_model_parallel_parameter / "
+        "mask_nan_or_inf_with_val_inplace; zero.utils get_norm_dtype) and check_overflow (left to the norm when "
+        "compute_grad_norm and check_grad_overflow) (zero_step.py)",
     ],
     "megatron-core": [
         "tensor_parallel.random._get_cuda_rng_state / _set_cuda_rng_state (redirected on CPU by cpu_compat)",

@@ -35,8 +35,10 @@ CPU_ON_PURPOSE = {
         "load template: checkpoints load on the CPU, optim_state moves moments to the parameter",
     ("optim_state.py", "torch.tensor(float(step), dtype=torch.get_default_dtype())"):
         "torch keeps AdamW's step on the CPU unless fused or capturable",
-    ("models/init.py", "torch.randn(_full_shape(param, tp), generator=gen, dtype=torch.float32)"):
-        "drawn from a CPU generator (layout-independent init), then copied into the parameter",
+    ("models/init.py", "torch.empty(count)"): "initial values are drawn on the CPU (the same on every device), "
+                                              "then copied into the parameter",
+    ("models/init.py", "torch.empty(moved.shape, dtype=torch.float32)"):
+        "CPU staging of a row-parallel shard's drawn values, copied into the parameter",
 }
 
 

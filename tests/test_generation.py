@@ -39,24 +39,8 @@ def run(*args):
 
 
 @pytest.fixture(scope="module")
-def imported(tmp_path_factory):
-    """(HF directory, our imported checkpoint) of one random GPT-2 with the GPT-2 tokenizer."""
-    root = tmp_path_factory.mktemp("gen")
-    run("-c", f"""
-import torch
-from transformers import GPT2Config, GPT2LMHeadModel
-from dist_pretrain.data.tokenizer import load_tokenizer
-from dist_pretrain.interop.hf_import import import_hf
-if __name__ == "__main__":
-    torch.manual_seed(0)
-    # a wide init makes the next-token distributions peaked: no near-ties for fp32 noise to flip
-    cfg = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=50257, n_positions=64, initializer_range=0.2,
-                     activation_function="gelu_new", bos_token_id=50256, eos_token_id=50256)
-    GPT2LMHeadModel(cfg).save_pretrained("{root}/hf")
-    load_tokenizer("gpt2").tokenizer.save("{root}/hf/tokenizer.json")
-    import_hf("{root}/hf", "{root}/ours")
-""")
-    return root / "hf", root / "ours"
+def imported(random_gpt2):
+    return random_gpt2
 
 
 def hf_greedy(hf_dir, prompts, new=NEW):

@@ -44,8 +44,9 @@ def transformer_config(cfg: Config, on_gpu: bool) -> TransformerConfig:
         add_bias_linear=m.bias,
         num_query_groups=m.num_query_groups,
         softmax_scale=m.softmax_scale,
-        # weights are created on CPU and overwritten by models/init.py
+        # weights are allocated (not drawn) on the CPU; models/init.py draws each rank's shard
         use_cpu_initialization=True,
+        perform_initialization=False,
         # fusions need CUDA kernels (Apex / TE); SDPA does the attention fusion
         masked_softmax_fusion=False,
         bias_activation_fusion=False,

@@ -91,6 +91,8 @@ def _tp_replicated_check(trainer) -> dict | None:
     import torch
     from megatron.core import parallel_state
 
+    from dist_pretrain.checkpoint_shards import whole_parameters
+
     group = parallel_state.get_tensor_model_parallel_group()
     tp = parallel_state.get_tensor_model_parallel_world_size()
     if tp == 1:
@@ -98,14 +100,14 @@ def _tp_replicated_check(trainer) -> dict | None:
     worst = torch.zeros(1, dtype=torch.float64)
     compared = torch.zeros(1, dtype=torch.float64)
     for chunk in trainer.engine.model_chunks:
-        for p in chunk.module.parameters():
-            if getattr(p, "tensor_model_parallel", False):
-                continue
-            gathered = [torch.empty_like(p) for _ in range(tp)]
-            torch.distributed.all_gather(gathered, p.detach().contiguous(), group=group)
-            compared += 1
-            for g in gathered[1:]:
-                worst = torch.maximum(worst, (g - gathered[0]).abs().max().double().reshape(1))
+        replicated = [p for p in chunk.module.parameters() if not getattr(p, "tensor_model_parallel", False)]
+        with whole_parameters(chunk.module):  # ZeRO-3 holds only a DP partition between forwards
+            for p in replicated:
+                gathered = [torch.empty_like(p) for _ in range(tp)]
+                torch.distributed.all_gather(gathered, p.detach().contiguous(), group=group)
+                compared += 1
+                for g in gathered[1:]:
+                    worst = torch.maximum(worst, (g - gathered[0]).abs().max().double().reshape(1))
     torch.distributed.all_reduce(worst, op=torch.distributed.ReduceOp.MAX)
     torch.distributed.all_reduce(compared, op=torch.distributed.ReduceOp.MIN)
     return {"max_diff": float(worst), "params": int(compared)}

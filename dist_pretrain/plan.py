@@ -1,0 +1,368 @@
+"""``dist-pretrain plan``: will a config fit on the GPUs, and how long will a step take, before launching.
+
+    dist-pretrain plan CONFIG [key=value ...] --world-size N [--gpu h100 | --peak-tflops X --memory-gb M]
+
+Per GPU (the rank holding the most: the pipeline stage with the most parameters and activations):
+
+* **model states** as this system holds them, which is what ``benchmarks/memory.py`` measures
+  (not the ZeRO paper's ideal, which DeepSpeed does not reach for stages 1-2 here):
+  ZeRO-0 (megatron DDP + its AdamW): weights, full gradients (fp32 ``main_grad`` in bf16),
+  fp32 master weights (bf16) and Adam moments. DeepSpeed ZeRO-1/2: full weights; gradients
+  as a fp32 partition plus a partition in the weights' dtype (``averaged_gradients``);
+  fp32 master partition + Adam moments (12 bytes/param over DP); the reduction bucket
+  (``reduce_bucket_size`` elements in the weights' dtype, DeepSpeed's default 5e8).
+  ZeRO-3: the gathered weights it keeps (up to ``stage3_max_live_parameters``, default 1e9)
+  plus the weight partition, the gradient partition, 12 bytes/param over DP, the bucket.
+  Offload moves the optimizer partition (and ZeRO-3's weight partition) to host memory.
+* **activations** of one micro-batch, the count ``benchmarks/activations.py`` validated
+  (no dropout, fused SDPA: ``dist_pretrain.memory``), split over TP where megatron splits them,
+  times the micro-batches in flight on the stage (1F1B: PP - stage; interleaved: megatron's
+  warm-up count), and with full recomputation the layer inputs plus one layer recomputed.
+* the **pipeline bubble** (p - 1) / (v m + p - 1), **FLOPs per step** (the architecture's count, the
+  one the trainer's MFU uses), and a **step time** = FLOPs / (GPUs x peak x MFU) / (1 - bubble).
+
+A layout that does not fit gets the cheapest single change that does (ZeRO stage, micro-batch,
+recomputation, TP, PP, offload, more GPUs), each checked by ``preflight`` at its world size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+from dist_pretrain.config import (
+    Config,
+    deepspeed_config,
+    load_config,
+    padded_vocab_size,
+)
+from dist_pretrain.errors import ConfigError, UserError, report_user_error
+
+GiB = 2**30
+# dense bf16 / TF32 peak TFLOP/s (SXM parts) and memory GiB of common GPUs
+GPUS = {
+    "h100": (989.0, 494.5, 80), "h200": (989.0, 494.5, 141), "h100-pcie": (756.0, 378.0, 80),
+    "a100": (312.0, 156.0, 80), "a100-40gb": (312.0, 156.0, 40), "l40s": (362.0, 183.0, 48),
+    "a10g": (70.0, 35.0, 24), "v100": (125.0, 15.7, 32), "mi300x": (1307.0, 653.7, 192), "b200": (2250.0, 1125.0, 180),
+}
+DS_REDUCE_BUCKET = 500_000_000  # DeepSpeed's default reduce_bucket_size (elements)
+DS_MAX_LIVE = 1_000_000_000  # DeepSpeed's default stage3_max_live_parameters
+
+
+@dataclass
+class Layout:
+    tp: int
+    pp: int
+    vpp: int | None
+    dp: int
+    micro_batches: int  # per step per data-parallel replica
+
+
+def layout_of(cfg: Config, world: int) -> Layout:
+    par, tr = cfg.parallel, cfg.train
+    dp = world // (par.tensor * par.pipeline)
+    micro = tr.global_batch_size // (tr.micro_batch_size * dp)
+    return Layout(par.tensor, par.pipeline, par.virtual_pipeline if par.pipeline > 1 else None, dp, micro)
+
+
+# --------------------------------------------------------------------------- model states
+
+
+def model_state_bytes(psi: int, dp: int, stage: int, precision: str, ds: dict | None = None,
+                      offload_optimizer: bool = False, offload_params: bool = False) -> dict[str, float]:
+    """Bytes one rank holds for ``psi`` parameters at ZeRO ``stage`` over ``dp`` ranks, as our
+    engines hold them (see the module docstring); ``host`` is what offload keeps in CPU memory."""
+    e = 2 if precision == "bf16" else 4
+    zero = (ds or {}).get("zero_optimization", {})
+    if stage == 0:
+        out = {"params": e * psi, "grads": 4 * psi, "optimizer": (12 if e == 2 else 8) * psi, "buckets": 0.0}
+        return {**out, "host": 0.0}
+    partition = psi / dp
+    bucket = e * float(zero.get("reduce_bucket_size", DS_REDUCE_BUCKET))
+    optimizer = 12 * partition  # fp32 master partition + Adam m and v
+    if stage in (1, 2):
+        params, grads = e * psi, 4 * partition + e * partition
+        host = optimizer + 4 * partition if offload_optimizer else 0.0
+        if offload_optimizer:
+            optimizer, grads = 0.0, e * partition
+    else:
+        live = min(psi, float(zero.get("stage3_max_live_parameters", DS_MAX_LIVE)))
+        params, grads = e * live + (0 if offload_params else e * partition), e * partition
+        host = (optimizer + 4 * partition if offload_optimizer else 0.0) + (e * partition if offload_params else 0.0)
+        if offload_optimizer:
+            optimizer = 0.0
+    return {"params": params, "grads": grads, "optimizer": optimizer, "buckets": bucket, "host": host}
+
+
+# --------------------------------------------------------------------------- activations
+
+
+def norm_bytes(cfg: Config) -> float:
+    """Bytes per token one norm saves besides its input: LayerNorm its mean and rstd; torch's
+    RMSNorm (megatron's fallback without Apex) its rstd and the normalised input before the
+    weight, plus a fp32 copy of the input under bf16 (measured)."""
+    e = 2 if cfg.train.precision == "bf16" else 4
+    if cfg.model.normalization == "rmsnorm":
+        return e + cfg.model.hidden_size * e + (4 * cfg.model.hidden_size if e == 2 else 0)
+    return 2 * e
+
+
+def layer_activation_bytes(cfg: Config, tp: int, micro_batch: int, seq: int) -> float:
+    """Bytes one transformer layer saves for backward for one micro-batch on one TP rank:
+    16 sbh values for a plain GPT layer at TP1 (``memory.flash_no_dropout_layer_bytes``,
+    validated by ``benchmarks/activations.py``); in general the two norm inputs and the QKV and
+    fc1 inputs (whole on every TP rank) and, split over TP, Q K V (K and V expanded to every
+    head under GQA), the attention output and the MLP's inner tensors (2 ffn; 5 ffn gated);
+    the norms' statistics, the fused attention's fp32 log-sum-exp; rotary embeddings add the
+    rotated Q and K and their cos / sin tables; hidden dropout two e-byte tensors per layer;
+    attention dropout makes SDPA take its unfused path, (14 + e/2) bytes per score. Each
+    feature was measured on its own against saved tensors (``benchmarks.activations``)."""
+    m = cfg.model
+    e = 2 if cfg.train.precision == "bf16" else 4
+    h, a = m.hidden_size, m.num_attention_heads
+    kv = h * (m.num_query_groups or a) // a
+    tokens = micro_batch * seq
+    gated = m.activation in ("swiglu", "geglu")
+    split = 3 * h + h + (5 if gated else 2) * m.ffn + (h + kv if m.position_embedding == "rope" else 0)
+    total = tokens * (e * (4 * h + split / tp) + 2 * norm_bytes(cfg)) + 4 * a * tokens / tp
+    if m.position_embedding == "rope":
+        total += 4 * seq * (h // a) * e
+    if m.hidden_dropout > 0:  # measured: two e-byte tensors per layer
+        total += 2 * tokens * h * e
+    if m.attention_dropout > 0:  # SDPA's unfused path: s x s scores, softmax, mask, output; no LSE (measured)
+        total += ((14 + e / 2) * a * seq * seq * micro_batch - 4 * a * tokens) / tp
+    return total
+
+
+def micro_batch_activations(cfg: Config, tp: int, layers: int, first: bool, last: bool,
+                            vocab: int) -> dict[str, float]:
+    """Activation bytes of one micro-batch on a stage holding ``layers`` layers: ``saved`` at the
+    end of its forward and ``peak`` during its backward (recomputation re-runs one layer)."""
+    m = cfg.model
+    e = 2 if cfg.train.precision == "bf16" else 4
+    b, s, h = cfg.train.micro_batch_size, m.seq_length, m.hidden_size
+    layer = layer_activation_bytes(cfg, tp, b, s)
+    recompute = m.recompute != "none"
+    stack = layers * (s * b * h * e if recompute else layer)
+    outside = 0.0
+    if last:  # final norm input and its own, output-layer input, fp32 logits kept by the loss, labels
+        outside += s * b * (2 * h * e + norm_bytes(cfg) + 4 * vocab / tp + 16)
+    if first:  # token and position ids
+        outside += 8 * s * b
+    saved = stack + outside
+    return {"saved": saved, "peak": saved + (layer if recompute and layers else 0.0), "per_layer": layer}
+
+
+def in_flight(layout: Layout, stage: int) -> float:
+    """Micro-batches (in units of the stage's whole layer stack) whose activations a stage holds
+    at once: 1 without pipelining, min(m, p - stage) with 1F1B, megatron's interleaved warm-up
+    (2 (p - stage - 1) + (v - 1) p + 1 chunk-micro-batches, of 1/v of the stack each)."""
+    p, m, v = layout.pp, layout.micro_batches, layout.vpp
+    if p == 1:
+        return 1.0
+    if not v or v == 1:
+        return float(min(m, p - stage))
+    chunks = min(m * v, 2 * (p - stage - 1) + (v - 1) * p + 1)
+    return chunks / v
+
+
+def bubble_fraction(layout: Layout) -> float:
+    p, m, v = layout.pp, layout.micro_batches, layout.vpp or 1
+    return (p - 1) / (v * m + p - 1)
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class Plan:
+    cfg: Config
+    world: int
+    layout: Layout
+    vocab: int
+    total_params: int  # the whole model's (one replica, unsharded)
+    stage_params: list[int]
+    stages: list[dict]  # per pipeline stage: params, states, activations, total
+    worst: dict
+    flops_per_step: float
+    tokens_per_step: int
+    bubble: float
+
+
+def make_plan(cfg: Config, world: int, vocab: int, params_cache: dict | None = None) -> Plan:
+    """The memory and time plan of ``cfg`` at ``world`` processes (``vocab``: the tokenizer's)."""
+    from dist_pretrain.models.architecture import get_architecture
+    from dist_pretrain.models.count import model_parameters, stage_parameters
+
+    layout = layout_of(cfg, world)
+    padded = padded_vocab_size(cfg, vocab)
+    cache = params_cache if params_cache is not None else {}
+    key = (cfg.model.model_dump_json(), padded)
+    if key not in cache:
+        cache[key] = model_parameters(cfg, padded)
+    counts = stage_parameters(cache[key], cfg, layout.tp, layout.pp, layout.vpp)
+    ds = deepspeed_config(cfg, layout.dp, layout.micro_batches) if cfg.parallel.zero_stage else {}
+    per_stage_layers = cfg.model.num_layers // layout.pp
+    if cfg.model.arch == "t5" and layout.pp == 1:
+        per_stage_layers = cfg.model.num_layers + (cfg.model.encoder_num_layers or cfg.model.num_layers)
+    stages = []
+    for stage, psi in enumerate(counts):
+        states = model_state_bytes(psi, layout.dp, cfg.parallel.zero_stage, cfg.train.precision, ds,
+                                   cfg.parallel.offload_optimizer, cfg.parallel.offload_params)
+        act = micro_batch_activations(cfg, layout.tp, per_stage_layers, stage == 0, stage == layout.pp - 1, padded)
+        flight = in_flight(layout, stage)
+        activations = act["peak"] + (flight - 1) * act["saved"]
+        device = states["params"] + states["grads"] + states["optimizer"] + states["buckets"] + activations
+        stages.append({"stage": stage, "psi": psi, **states, "micro_batch": act, "in_flight": flight,
+                       "activations": activations, "device": device})
+    arch = get_architecture(cfg.model.arch)
+    return Plan(cfg, world, layout, padded, sum(p.numel for p in cache[key]), counts, stages, max(stages, key=lambda s: s["device"]),
+                arch.flops_per_sample(cfg, padded) * cfg.train.global_batch_size,
+                arch.tokens_per_sample(cfg) * cfg.train.global_batch_size, bubble_fraction(layout))
+
+
+def step_seconds(plan: Plan, peak_tflops: float, mfu: float) -> float:
+    return plan.flops_per_step / (plan.world * peak_tflops * 1e12 * mfu) / (1 - plan.bubble)
+
+
+# --------------------------------------------------------------------------- advice
+
+
+def candidates(cfg: Config, world: int) -> list[tuple[str, dict, int]]:
+    """Single layout changes, cheapest first: (label, {section: {field: value}}, world size)."""
+    par, tr, m = cfg.parallel, cfg.train, cfg.model
+    out = [(f"parallel.zero_stage={z}", {"parallel": {"zero_stage": z}}, world)
+           for z in range(max(par.zero_stage + 1, 1), 4)]
+    micro = tr.micro_batch_size // 2
+    while micro >= 1:
+        out.append((f"train.micro_batch_size={micro}", {"train": {"micro_batch_size": micro}}, world))
+        micro //= 2
+    if m.recompute == "none":
+        out.append(("model.recompute=full (about 1/3 more compute)", {"model": {"recompute": "full"}}, world))
+    out += [(f"parallel.tensor={tp}", {"parallel": {"tensor": tp}}, world)
+            for tp in (2, 4, 8) if tp > par.tensor and world % (tp * par.pipeline) == 0]
+    out += [(f"parallel.pipeline={pp}", {"parallel": {"pipeline": pp}}, world)
+            for pp in (2, 4, 8, 16) if pp > par.pipeline and world % (par.tensor * pp) == 0]
+    if par.zero_stage and not par.offload_optimizer:
+        out.append(("parallel.offload_optimizer=true (host memory, slower steps)",
+                    {"parallel": {"offload_optimizer": True}}, world))
+    out += [(f"{world * f} GPUs (world size x{f})", {}, world * f) for f in (2, 4, 8)]
+    return out
+
+
+def with_changes(cfg: Config, changes: dict) -> Config:
+    return cfg.model_copy(update={section: getattr(cfg, section).model_copy(update=fields)
+                                  for section, fields in changes.items()})
+
+
+def advise(cfg: Config, world: int, vocab: int, memory_gib: float, cache: dict) -> tuple[str, Plan] | None:
+    """The first candidate change that passes preflight's config rules and fits ``memory_gib``."""
+    from dist_pretrain.config import config_problems
+
+    for label, changes, w in candidates(cfg, world):
+        new = with_changes(cfg, changes)
+        try:
+            if config_problems(new, w, vocab):
+                continue
+            plan = make_plan(new, w, vocab, cache)
+        except UserError:
+            continue
+        if plan.worst["device"] <= memory_gib * GiB:
+            return label, plan
+    return None
+
+
+# --------------------------------------------------------------------------- report / CLI
+
+
+def size_text(nbytes: float) -> str:
+    return f"{nbytes / GiB:,.2f} GiB" if nbytes >= GiB else f"{nbytes / 2**20:,.1f} MiB"
+
+
+def report(plan: Plan, peak_tflops: float, memory_gib: float, mfu: float, gpu: str) -> str:
+    lay, cfg, w = plan.layout, plan.cfg, plan.worst
+    gb = size_text
+    vpp = f" x VPP {lay.vpp}" if lay.vpp else ""
+    lines = [(f"plan: {cfg.model.arch}, {plan.total_params:,} parameters "
+              f"(padded vocab {plan.vocab:,}), world size {plan.world}: TP {lay.tp} x PP {lay.pp}{vpp} x DP {lay.dp}, "
+              f"ZeRO-{cfg.parallel.zero_stage}, {cfg.train.precision}, micro-batch {cfg.train.micro_batch_size} x "
+              f"{lay.micro_batches} per step, recompute {cfg.model.recompute}"), "",
+             "| per GPU | " + " | ".join(f"stage {s['stage']}" for s in plan.stages) + " |",
+             "|---|" + "---|" * len(plan.stages)]
+    rows = [("parameters", lambda s: f"{s['psi']:,}"), ("weights", lambda s: gb(s["params"])),
+            ("gradients", lambda s: gb(s["grads"])), ("optimizer states", lambda s: gb(s["optimizer"])),
+            ("reduction buckets", lambda s: gb(s["buckets"])),
+            ("activations / micro-batch (saved)", lambda s: gb(s["micro_batch"]["saved"])),
+            ("micro-batches in flight", lambda s: f"{s['in_flight']:g}"),
+            ("activations at peak", lambda s: gb(s["activations"])), ("device total", lambda s: gb(s["device"])),
+            ("host (offload)", lambda s: gb(s["host"]))]
+    for name, cell in rows:
+        lines.append(f"| {name} | " + " | ".join(cell(s) for s in plan.stages) + " |")
+    lines += ["", (f"activations per micro-batch, recompute none / full: "
+                   f"{gb(_mb(plan, 'none'))} / {gb(_mb(plan, 'full'))} (stage {w['stage']})"),
+              (f"pipeline bubble: {100 * plan.bubble:.1f}% of the step ((p-1)/(v*m+p-1), "
+               f"p={lay.pp}, v={lay.vpp or 1}, m={lay.micro_batches})"),
+              f"FLOPs per step: {plan.flops_per_step:.3e} ({plan.tokens_per_step:,} tokens)"]
+    step = step_seconds(plan, peak_tflops, mfu)
+    lines.append(f"predicted step: {step:.3g} s, {plan.tokens_per_step / step:,.0f} tokens/s "
+                 f"at {100 * mfu:.0f}% MFU of {peak_tflops:g} TFLOP/s per GPU ({gpu})")
+    need = w["device"]
+    if need <= memory_gib * GiB:
+        lines.append(f"fits: {gb(need)} needed on the fullest GPU (stage {w['stage']}), {memory_gib:g} GiB available")
+    return "\n".join(lines)
+
+
+def _mb(plan: Plan, recompute: str) -> float:
+    model = plan.cfg.model.model_copy(update={"recompute": recompute})
+    cfg = plan.cfg.model_copy(update={"model": model})
+    stage = plan.worst["stage"]
+    layers = plan.cfg.model.num_layers // plan.layout.pp
+    return micro_batch_activations(cfg, plan.layout.tp, layers, stage == 0, stage == plan.layout.pp - 1,
+                                   plan.vocab)["peak"]
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="dist-pretrain plan", description="Per-GPU memory, FLOPs and step "
+                                     "time of a config at a world size; exit 0 if it fits, 2 if not.")
+    parser.add_argument("config", help="YAML config file")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    parser.add_argument("--world-size", type=int, required=True, help="GPUs (processes) in the job")
+    parser.add_argument("--gpu", default=None, help=f"one of {', '.join(GPUS)} (default h100)")
+    parser.add_argument("--peak-tflops", type=float, help="peak TFLOP/s per GPU (instead of --gpu)")
+    parser.add_argument("--memory-gb", type=float, help="GPU memory in GiB (instead of --gpu)")
+    parser.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation (default 0.4)")
+    args = parser.parse_intermixed_args(argv)
+    try:
+        if args.world_size < 1:
+            raise ConfigError(f"--world-size={args.world_size}: use a process count >= 1")
+        if not 0 < args.mfu <= 1:
+            raise ConfigError(f"--mfu={args.mfu}: use a fraction in (0, 1]")
+        cfg = load_config(args.config, args.overrides)
+        gpu = args.gpu or ("custom" if args.peak_tflops and args.memory_gb else "h100")
+        if gpu != "custom" and gpu not in GPUS:
+            raise ConfigError(f"--gpu={gpu!r}: use one of {', '.join(GPUS)}, or --peak-tflops and --memory-gb")
+        bf16_peak, tf32_peak, memory = GPUS.get(gpu, (None, None, None))
+        peak = args.peak_tflops or (bf16_peak if cfg.train.precision == "bf16" else tf32_peak)
+        memory = args.memory_gb or memory
+        from dist_pretrain.preflight import check
+
+        found = check(cfg, args.world_size)
+        found.raise_errors()
+        if found.vocab_size is None:
+            raise ConfigError("the vocabulary size is unknown: set model.vocab_size or point data at a manifest")
+        cache: dict = {}
+        plan = make_plan(cfg, args.world_size, found.vocab_size, cache)
+    except UserError as err:
+        return report_user_error(err)
+    print(report(plan, peak, memory, args.mfu, gpu), flush=True)
+    need = plan.worst["device"]
+    if need <= memory * GiB:
+        return 0
+    advice = advise(cfg, args.world_size, found.vocab_size, memory, cache)
+    hint = (f"try {advice[0]}: {advice[1].worst['device'] / GiB:,.2f} GiB per GPU, "
+            f"{step_seconds(advice[1], peak, args.mfu):.3g} s per step" if advice
+            else "no single change fits: use more GPUs with a larger TP x PP, or a smaller model")
+    print(f"does not fit: {need / GiB:,.2f} GiB needed on stage {plan.worst['stage']}, {memory:g} GiB available; "
+          f"{hint}", file=sys.stderr, flush=True)
+    return 2
