@@ -106,7 +106,10 @@ class TrainConfig(_Section):
     lr: float = Field(6e-4, gt=0.0)
     min_lr: float = Field(6e-5, ge=0.0)
     warmup_steps: int = Field(10, ge=0)
-    decay: Literal["cosine", "linear", "constant"] = "cosine"
+    decay: Literal["cosine", "linear", "constant", "wsd"] = Field(
+        "cosine", description="after warm-up: cosine / linear to min_lr, constant, or wsd (warmup-stable-decay: "
+                              "constant, then the last decay_steps fall to min_lr as 1 - sqrt)")
+    decay_steps: Optional[int] = Field(None, ge=1, description="wsd: length of the final decay; default 20% of steps")
     weight_decay: float = Field(0.1, ge=0.0)
     adam_beta1: float = Field(0.9, ge=0.0, lt=1.0)
     adam_beta2: float = Field(0.95, ge=0.0, lt=1.0)

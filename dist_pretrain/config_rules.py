@@ -138,6 +138,12 @@ def config_problems(cfg: Config, world_size: int, vocab_size: Optional[int] = No
                 )
     if tr.warmup_steps > tr.steps:
         err(f"train.warmup_steps={tr.warmup_steps} exceeds train.steps={tr.steps}")
+    if tr.decay_steps is not None and tr.decay != "wsd":
+        err(f"train.decay_steps={tr.decay_steps} is only used by train.decay=wsd (got decay={tr.decay}); "
+            f"drop it or set train.decay=wsd")
+    elif tr.decay == "wsd" and tr.decay_steps is not None and tr.decay_steps > tr.steps - tr.warmup_steps:
+        err(f"train.decay_steps={tr.decay_steps} does not fit after the warm-up: at most train.steps - "
+            f"train.warmup_steps = {tr.steps - tr.warmup_steps}")
     if tr.min_lr > tr.lr:
         err(f"train.min_lr={tr.min_lr} exceeds train.lr={tr.lr}")
     if cfg.data.path and cfg.data.blend:
