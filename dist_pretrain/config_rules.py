@@ -52,6 +52,11 @@ def _finetune_problems(cfg: Config, err) -> None:
         err(f"task.head_lr and task.freeze_encoder apply to the new head of classification, not {task.name}")
 
 
+# what each architecture's model code builds (megatron-core's BertModel has learned positions only;
+# relative is T5's bucketed bias)
+POSITION_EMBEDDINGS = {"gpt": ("learned", "rope"), "bert": ("learned",), "t5": ("learned", "relative")}
+
+
 def config_problems(cfg: Config, world_size: int, vocab_size: Optional[int] = None) -> list[str]:
     """Every cross-field problem of ``cfg`` at ``world_size`` processes, one line each."""
     from dist_pretrain.config import TASKS_OF_ARCH
@@ -91,11 +96,10 @@ def config_problems(cfg: Config, world_size: int, vocab_size: Optional[int] = No
         err(f"model.num_query_groups={groups} is not divisible by parallel.tensor={tp}")
     if m.ffn % tp:
         err(f"model.ffn_hidden_size={m.ffn} is not divisible by parallel.tensor={tp}")
-    if m.position_embedding == "relative" and m.arch != "t5":
-        err(f"model.position_embedding=relative is T5's relative position bias; model.arch={m.arch} takes "
-            "learned or rope")
-    if m.position_embedding == "rope" and m.arch == "t5":
-        err("model.position_embedding=rope: model.arch=t5 takes learned (absolute) or relative (T5's bias)")
+    positions = POSITION_EMBEDDINGS[m.arch]
+    if m.position_embedding not in positions:
+        err(f"model.position_embedding={m.position_embedding} is not built by model.arch={m.arch}; it takes "
+            f"{' or '.join(positions)}")
     exact = m.relative_attention_num_buckets // 2  # the decoder's exact-distance buckets
     if m.position_embedding == "relative" and m.relative_attention_max_distance <= exact:
         err(f"model.relative_attention_max_distance={m.relative_attention_max_distance} must exceed the exact "
