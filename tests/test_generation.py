@@ -10,11 +10,9 @@ if generation ever looked at them. Processes that start a process group run as s
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+from launch import run_python
 import torch
 
 from dist_pretrain.inference.sampling import (
@@ -25,17 +23,8 @@ from dist_pretrain.inference.sampling import (
     next_tokens,
 )
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 PROMPTS = ["It was the best of times, it was the worst of times, it was", "Hello", "The capital of France is"]
 NEW = 12
-
-
-def run(*args):
-    proc = subprocess.run([sys.executable, *args], env=ENV, capture_output=True, text=True, timeout=600,
-                          check=False)
-    if proc.returncode != 0:
-        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc.stdout
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +51,7 @@ def hf_greedy(hf_dir, prompts, new=NEW):
 
 def test_greedy_equals_transformers_and_the_cache_equals_recomputation(imported):
     hf_dir, ours = imported
-    out = run("-c", f"""
+    out = run_python("-c", f"""
 import json
 from dist_pretrain.inference import SamplingParams, generate, load_causal_lm
 if __name__ == "__main__":
@@ -99,7 +88,7 @@ def test_cli_streams_one_prompt_and_stops_at_a_stop_string(imported):
 
     tok = load_tokenizer("gpt2")
     stop = tok.decode(theirs[3:5])  # a string the prompt's greedy text contains
-    printed = run("-m", "dist_pretrain", "generate", str(ours), "--prompt", PROMPTS[0], "--greedy",
+    printed = run_python("-m", "dist_pretrain", "generate", str(ours), "--prompt", PROMPTS[0], "--greedy",
                   "--max-new-tokens", str(NEW), "--stop", stop)
     expected = tok.decode(theirs).split(stop)[0]
     assert printed == PROMPTS[0] + expected + "\n", (printed, expected)
@@ -108,7 +97,7 @@ def test_cli_streams_one_prompt_and_stops_at_a_stop_string(imported):
 def test_tensor_parallel_generates_the_same_text_as_one_process(imported, tmp_path):
     """TP=2 under torchrun (PP=2 is the same code path plus send / recv; run by hand, see README)."""
     hf_dir, ours = imported
-    out = run("-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "dist_pretrain",
+    out = run_python("-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "dist_pretrain",
               "generate", str(ours), *[a for p in PROMPTS for a in ("--prompt", p)], "--greedy", "--max-new-tokens",
               str(NEW), "--tensor", "2", "--output", str(tmp_path / "out.jsonl"))
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]

@@ -13,14 +13,11 @@ next-token distributions peaked (no near-ties for fp32 noise to flip).
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+from launch import run_python
 import torch
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 PROMPTS = ["summarize: The cat sat on the mat.",  # each fits the 32 encoder positions (no truncation)
            "I <extra_id_0> this <extra_id_1> book", "translate English to German: Hello"]
 NEW = 12
@@ -30,20 +27,12 @@ V11 = {"position_embedding": "relative", "softmax_scale": 1.0, "normalization": 
        "activation": "geglu_tanh", "tie_embeddings": False, "ffn_hidden_size": 96, "layernorm_epsilon": 1e-6}
 
 
-def run(*args):
-    proc = subprocess.run([sys.executable, *args], env=ENV, capture_output=True, text=True, timeout=600,
-                          check=False)
-    if proc.returncode != 0:
-        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc.stdout
-
-
 @pytest.fixture(scope="module")
 def t5_checkpoint(tmp_path_factory):
     """Our checkpoint of a random tiny T5 v1.1 (``ours``, its export in ``hf``) and of a learned-position
     T5 (``learned``), each with its ``spiece.model`` next to the weights."""
     root = tmp_path_factory.mktemp("t5gen")
-    run("-c", f"""
+    run_python("-c", f"""
 import gzip, json, shutil
 from pathlib import Path
 from dist_pretrain.config import Config
@@ -88,7 +77,7 @@ def hf_greedy(hf_dir, prompts, new=NEW):
 
 
 def test_t5_greedy_equals_transformers_cache_equals_recomputation_batch_equals_alone(t5_checkpoint, tmp_path):
-    out = run("-c", f"""
+    out = run_python("-c", f"""
 import json
 from dist_pretrain.inference import SamplingParams, Seq2SeqLM, generate, load_lm
 from dist_pretrain.inference.cli import main as cli

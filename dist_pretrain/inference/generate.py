@@ -98,12 +98,7 @@ def generate(lm, prompts: Sequence[str], max_new_tokens: int = 32, sampling: Sam
             logits = lm.forward(step_ids, step_pos, keep, cache)
         chosen = next_tokens(logits[:, -1, :], lm.vocab_size, sampling, generator) if logits is not None else None
         chosen = lm.agree(chosen, b)
-        for row, token in enumerate(chosen.tolist()):
-            if running[row]:
-                running[row] = extend_completion(out[row], token, lm.tokenizer, stop, stop_at_eos)
-                if on_token is not None:
-                    on_token(row, out[row].token_ids)
-        if not any(running):
+        if not extend_completions(out, running, chosen.tolist(), lm.tokenizer, stop, stop_at_eos, on_token):
             break
         new = chosen.unsqueeze(1)
         new_pos = positions[:, -1:] + 1
@@ -113,18 +108,26 @@ def generate(lm, prompts: Sequence[str], max_new_tokens: int = 32, sampling: Sam
     return finish_completions(out, lm.tokenizer)
 
 
-def extend_completion(c: Completion, token: int, tokenizer, stop: Sequence[str], stop_at_eos: bool) -> bool:
-    """Append ``token`` to ``c``; False when the row is finished (EOS or a stop string)."""
-    c.token_ids.append(token)
-    if stop_at_eos and token == tokenizer.eos_id:
-        c.completion, c.finish_reason = tokenizer.decode(c.token_ids[:-1]), "eos"
-        return False
-    if stop:
-        text, hit = cut_at_stop(tokenizer.decode(c.token_ids), stop)
-        if hit:
-            c.completion, c.finish_reason = text, "stop"
-            return False
-    return True
+def extend_completions(out: list[Completion], running: list[bool], tokens: list[int], tokenizer,
+                       stop: Sequence[str], stop_at_eos: bool, on_token=None) -> bool:
+    """One decoding step: append each running row's token; a row stops at EOS or a stop string.
+    Returns whether any row is still running (shared by the GPT and T5 loops)."""
+    for row, token in enumerate(tokens):
+        if not running[row]:
+            continue
+        c = out[row]
+        c.token_ids.append(token)
+        if stop_at_eos and token == tokenizer.eos_id:
+            c.completion, c.finish_reason = tokenizer.decode(c.token_ids[:-1]), "eos"
+            running[row] = False
+        elif stop:
+            text, hit = cut_at_stop(tokenizer.decode(c.token_ids), stop)
+            if hit:
+                c.completion, c.finish_reason = text, "stop"
+                running[row] = False
+        if on_token is not None:
+            on_token(row, c.token_ids)
+    return any(running)
 
 
 def finish_completions(out: list[Completion], tokenizer) -> list[Completion]:

@@ -180,7 +180,7 @@ def generate_seq2seq(lm: Seq2SeqLM, prompts: Sequence[str], max_new_tokens: int 
                      sampling: SamplingParams | None = None, stop: Sequence[str] = (), stop_at_eos: bool = True,
                      kv_cache: bool = True, on_token: Callable[[int, list[int]], None] | None = None) -> list:
     """Target text for every prompt (``dist_pretrain.inference.generate``'s contract)."""
-    from dist_pretrain.inference.generate import Completion, extend_completion, finish_completions
+    from dist_pretrain.inference.generate import Completion, extend_completions, finish_completions
 
     sampling = sampling or SamplingParams()
     limit = lm.max_target_positions
@@ -208,12 +208,7 @@ def generate_seq2seq(lm: Seq2SeqLM, prompts: Sequence[str], max_new_tokens: int 
             no_padding = torch.zeros(b, 1, 1, dec_ids.shape[1], dtype=torch.bool, device=dev)
             logits = full_vocab(model(enc_ids, dec_ids, enc_mask, no_padding, enc_mask))[:, -1]
         chosen = agree_tokens(next_tokens(logits, lm.vocab_size, sampling, generator), b, dev)
-        for row, token in enumerate(chosen.tolist()):
-            if running[row]:
-                running[row] = extend_completion(out[row], token, lm.tokenizer, stop, stop_at_eos)
-                if on_token is not None:
-                    on_token(row, out[row].token_ids)
-        if not any(running):
+        if not extend_completions(out, running, chosen.tolist(), lm.tokenizer, stop, stop_at_eos, on_token):
             break
         dec_ids = torch.cat([dec_ids, chosen[:, None]], 1)
     return finish_completions(out, lm.tokenizer)
