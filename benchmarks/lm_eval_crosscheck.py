@@ -1,15 +1,19 @@
 """Cross-check ``dist-pretrain evaluate`` against lm-evaluation-harness on multiple choice.
 
     pip install lm-eval==0.4.13 accelerate torch==2.13.0 transformers==5.24.0   # not a CI dependency
-    python benchmarks/lm_eval_crosscheck.py [--src CHECKPOINT --hf ITS_EXPORT] [--limit 200]
+    python benchmarks/lm_eval_crosscheck.py [--src CHECKPOINT --hf ITS_EXPORT] [--limit 200] [--shots 0,1,5]
 
 Without ``--src`` it makes a random GPT-2-style model (2 x 64, GPT-2 vocabulary) in a
 temporary directory, imports it into our checkpoint format and exports that back with
 ``dist-pretrain export`` (so lm-eval reads what our export writes). Each task (gensim's
 analogies and polarity sentences, as llm-foundry ``{query, choices, gold}`` JSONL) is given to
 lm-eval as a local YAML task (``output_type: multiple_choice``) and to ``dist-pretrain
-evaluate`` as the same file, zero-shot (lm-eval draws its demonstrations with its own sampler).
-Prints acc / acc_norm from both and the largest difference; exits 1 if any differs.
+evaluate`` as the same file, at each shot count (lm-eval's ``--num_fewshot``, its default
+few-shot seed 1234 = our ``--seed``; our demonstrations follow its sampler, see
+``dist_pretrain/evaluation/prompts.py``). ``fewshot_split: test`` makes lm-eval exclude the item
+from its own demonstrations, as we always do: without it lm-eval samples from the test docs
+without excluding the item. Prints acc / acc_norm from both and the largest
+difference; exits 1 if any differs.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ dataset_kwargs:
   data_files:
     test: {path}
 test_split: test
+fewshot_split: test
 output_type: multiple_choice
 doc_to_text: "{{{{query}}}}"
 doc_to_choice: "{{{{choices}}}}"
@@ -68,7 +73,9 @@ def main() -> int:
     parser.add_argument("--src", help="our checkpoint (default: a random model made here)")
     parser.add_argument("--hf", help="its export (dist-pretrain export SRC --output HF)")
     parser.add_argument("--limit", type=int, default=200)
+    parser.add_argument("--shots", default="0,1,5")
     args = parser.parse_args()
+    shots = [int(k) for k in args.shots.split(",")]
     work = Path(tempfile.mkdtemp(prefix="lm-eval-crosscheck-"))
     src, hf = (Path(args.src), Path(args.hf)) if args.src else make_model(work)
     from dist_pretrain.evaluation.tasks import analogies, polarity
@@ -83,23 +90,27 @@ def main() -> int:
         names.append((task.name, name, path))
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     lm_eval = Path(sys.executable).with_name("lm_eval")
-    sh(str(lm_eval), "--model", "hf", "--model_args", f"pretrained={hf},dtype=float32", "--tasks",
-       ",".join(n for _, n, _ in names), "--include_path", str(work / "tasks"), "--device", "cpu",
-       "--batch_size", "16", "--output_path", str(work / "lm_eval_out"), env=env)
-    theirs = json.loads(Path(max(glob.glob(str(work / "lm_eval_out/**/results_*.json"), recursive=True)))
-                        .read_text())["results"]
+    theirs = {}
+    for k in shots:
+        out = work / f"lm_eval_out_{k}"
+        sh(str(lm_eval), "--model", "hf", "--model_args", f"pretrained={hf},dtype=float32", "--tasks",
+           ",".join(n for _, n, _ in names), "--include_path", str(work / "tasks"), "--device", "cpu",
+           "--batch_size", "16", "--num_fewshot", str(k), "--output_path", str(out), env=env)
+        theirs[k] = json.loads(Path(max(glob.glob(str(out / "**/results_*.json"), recursive=True))).read_text())["results"]
     ours_out = work / "ours.json"
     sh(sys.executable, "-m", "dist_pretrain", "evaluate", str(src), *[a for _, _, p in names for a in ("--task", str(p))],
-       "--shots", "0", "--output", str(ours_out))
-    ours = {(r["task"], r["metric"]): r for r in json.loads(ours_out.read_text())}
-    print("| task | metric | n | dist-pretrain evaluate | lm-eval 0.4.13 (hf, export) | difference |")
-    print("|---|---|---|---|---|---|")
+       "--shots", ",".join(map(str, shots)), "--output", str(ours_out))
+    ours = {(r["task"], r["shots"], r["metric"]): r for r in json.loads(ours_out.read_text())}
+    print("| task | shots | metric | n | dist-pretrain evaluate | lm-eval 0.4.13 (hf, export) | difference |")
+    print("|---|---|---|---|---|---|---|")
     worst = 0.0
     for task, name, _ in names:
-        for metric in ("acc", "acc_norm"):
-            a, b = ours[(task, metric)]["value"], theirs[name][f"{metric},none"]
-            worst = max(worst, abs(a - b))
-            print(f"| {task} | {metric} | {ours[(task, metric)]['n']} | {a:.4f} | {b:.4f} | {a - b:+.4f} |")
+        for k in shots:
+            for metric in ("acc", "acc_norm"):
+                row = ours[(task, k, metric)]
+                a, b = row["value"], theirs[k][name][f"{metric},none"]
+                worst = max(worst, abs(a - b))
+                print(f"| {task} | {k} | {metric} | {row['n']} | {a:.4f} | {b:.4f} | {a - b:+.4f} |")
     print(f"largest difference: {worst:.4g} (work directory {work})")
     return 0 if worst == 0 else 1
 

@@ -1,5 +1,5 @@
 """``dist-pretrain`` command: train, check, plan, preprocess, tokenizer train, checkpoint, export, import,
-generate, evaluate, demo-corpus.
+generate, evaluate, demo-corpus, sweep, scaling fit.
 
 A ``UserError`` (bad config, data, path, checkpoint or weights) leaves every command as
 ``error:`` lines and exit status 2, without a traceback (``DIST_PRETRAIN_DEBUG=1`` shows it).
@@ -83,7 +83,7 @@ def _train(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     commands = {"train", "check", "preprocess", "demo-corpus", "tokenizer", "checkpoint", "export", "import",
-                "generate", "evaluate", "finetune-data", "plan"}
+                "generate", "evaluate", "finetune-data", "plan", "sweep", "scaling"}
     if not argv or argv[0] not in commands:
         print(f"usage: dist-pretrain {{{','.join(sorted(commands))}}} ...", file=sys.stderr)
         return 2
@@ -130,6 +130,14 @@ def _command(cmd: str, rest: list[str]) -> int:
         from dist_pretrain.evaluation.cli import main as evaluate_main
 
         return evaluate_main(rest)
+    if cmd == "scaling":
+        from dist_pretrain.scaling.cli import main as scaling_main
+
+        return scaling_main(rest)
+    if cmd == "sweep":
+        from dist_pretrain.scaling.sweep_cli import main as sweep_main
+
+        return sweep_main(rest)
     if cmd == "finetune-data":
         from dist_pretrain.data.finetune_corpus import main as finetune_data_main
 

@@ -106,7 +106,10 @@ class TrainConfig(_Section):
     lr: float = Field(6e-4, gt=0.0)
     min_lr: float = Field(6e-5, ge=0.0)
     warmup_steps: int = Field(10, ge=0)
-    decay: Literal["cosine", "linear", "constant"] = "cosine"
+    decay: Literal["cosine", "linear", "constant", "wsd"] = Field(
+        "cosine", description="after warm-up: cosine / linear to min_lr, constant, or wsd (warmup-stable-decay: "
+                              "constant, then the last decay_steps fall to min_lr as 1 - sqrt)")
+    decay_steps: Optional[int] = Field(None, ge=1, description="wsd: length of the final decay; default 20% of steps")
     weight_decay: float = Field(0.1, ge=0.0)
     adam_beta1: float = Field(0.9, ge=0.0, lt=1.0)
     adam_beta2: float = Field(0.95, ge=0.0, lt=1.0)
@@ -204,6 +207,32 @@ class TaskConfig(_Section):
                                           "default model.decoder_seq_length")
 
 
+class IclTask(_Section):
+    """One in-context task run during training (``dist-pretrain evaluate``'s semantics)."""
+
+    task: str = Field(description="built-in task (lambada-demo, analogies, polarity, quiz, quiz-mc) or a JSONL file")
+    shots: Union[int, list[int]] = Field(0, description="demonstrations per prompt: a count or a list of counts")
+    limit: Optional[int] = Field(100, ge=1, description="items per evaluation (the first ones); null: all")
+
+    @field_validator("shots", mode="after")
+    @classmethod
+    def _shots(cls, value):
+        shots = [value] if isinstance(value, int) else list(value)
+        if not shots or any(isinstance(k, bool) or k < 0 for k in shots):
+            raise ValueError("use a number of demonstrations >= 0, or a non-empty list of them, e.g. [0, 1, 5]")
+        return shots
+
+
+class EvalConfig(_Section):
+    """In-context evaluation of a GPT during pretraining: TensorBoard ``icl/<task>/<k>shot_<metric>``."""
+
+    icl_tasks: list[IclTask] = Field([], description="[{task, shots, limit}], run every icl_interval steps")
+    icl_interval: int = Field(0, ge=0, description="steps between in-context evaluations (and after the last); "
+                              "0 = never")
+    icl_batch_size: int = Field(16, ge=1)
+    icl_seed: int = Field(1234, description="seed of the demonstration draws")
+
+
 class DeepSpeedConfig(_Section):
     config: Optional[str] = Field(
         None, description="DeepSpeed JSON passed through; must not contradict our keys"
@@ -220,6 +249,7 @@ class Config(_Section):
     monitor: MonitorConfig = MonitorConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     task: TaskConfig = TaskConfig()
+    eval: EvalConfig = EvalConfig()
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
 
     @model_validator(mode="before")

@@ -52,6 +52,11 @@ def _finetune_problems(cfg: Config, err) -> None:
         err(f"task.head_lr and task.freeze_encoder apply to the new head of classification, not {task.name}")
 
 
+# what each architecture's model code builds (megatron-core's BertModel has learned positions only;
+# relative is T5's bucketed bias)
+POSITION_EMBEDDINGS = {"gpt": ("learned", "rope"), "bert": ("learned",), "t5": ("learned", "relative")}
+
+
 def config_problems(cfg: Config, world_size: int, vocab_size: Optional[int] = None) -> list[str]:
     """Every cross-field problem of ``cfg`` at ``world_size`` processes, one line each."""
     from dist_pretrain.config import TASKS_OF_ARCH
@@ -63,14 +68,10 @@ def config_problems(cfg: Config, world_size: int, vocab_size: Optional[int] = No
     def err(msg: str) -> None:
         errors.append(msg)
 
-    if cfg.task.name not in TASKS_OF_ARCH[m.arch]:
-        err(f"task.name={cfg.task.name} does not fit model.arch={m.arch}; its tasks: "
-            f"{', '.join(TASKS_OF_ARCH[m.arch])}")
-    _finetune_problems(cfg, err)
-
     tasks = TASKS_OF_ARCH[m.arch]
     if cfg.task.name not in tasks:
         err(f"task.name={cfg.task.name} does not fit model.arch={m.arch}; its tasks: {', '.join(tasks)}")
+    _finetune_problems(cfg, err)
     if world_size % (tp * pp):
         err(
             f"world size {world_size} is not divisible by parallel.tensor={tp} x "
@@ -95,11 +96,10 @@ def config_problems(cfg: Config, world_size: int, vocab_size: Optional[int] = No
         err(f"model.num_query_groups={groups} is not divisible by parallel.tensor={tp}")
     if m.ffn % tp:
         err(f"model.ffn_hidden_size={m.ffn} is not divisible by parallel.tensor={tp}")
-    if m.position_embedding == "relative" and m.arch != "t5":
-        err(f"model.position_embedding=relative is T5's relative position bias; model.arch={m.arch} takes "
-            "learned or rope")
-    if m.position_embedding == "rope" and m.arch == "t5":
-        err("model.position_embedding=rope: model.arch=t5 takes learned (absolute) or relative (T5's bias)")
+    positions = POSITION_EMBEDDINGS[m.arch]
+    if m.position_embedding not in positions:
+        err(f"model.position_embedding={m.position_embedding} is not built by model.arch={m.arch}; it takes "
+            f"{' or '.join(positions)}")
     exact = m.relative_attention_num_buckets // 2  # the decoder's exact-distance buckets
     if m.position_embedding == "relative" and m.relative_attention_max_distance <= exact:
         err(f"model.relative_attention_max_distance={m.relative_attention_max_distance} must exceed the exact "
@@ -142,6 +142,12 @@ def config_problems(cfg: Config, world_size: int, vocab_size: Optional[int] = No
                 )
     if tr.warmup_steps > tr.steps:
         err(f"train.warmup_steps={tr.warmup_steps} exceeds train.steps={tr.steps}")
+    if tr.decay_steps is not None and tr.decay != "wsd":
+        err(f"train.decay_steps={tr.decay_steps} is only used by train.decay=wsd (got decay={tr.decay}); "
+            f"drop it or set train.decay=wsd")
+    elif tr.decay == "wsd" and tr.decay_steps is not None and tr.decay_steps > tr.steps - tr.warmup_steps:
+        err(f"train.decay_steps={tr.decay_steps} does not fit after the warm-up: at most train.steps - "
+            f"train.warmup_steps = {tr.steps - tr.warmup_steps}")
     if tr.min_lr > tr.lr:
         err(f"train.min_lr={tr.min_lr} exceeds train.lr={tr.lr}")
     if cfg.data.path and cfg.data.blend:
@@ -168,6 +174,7 @@ def config_problems(cfg: Config, world_size: int, vocab_size: Optional[int] = No
             deepspeed_config(cfg, dp, tr.global_batch_size // (tr.micro_batch_size * dp))
         except ConfigError as e:
             err(str(e))
+    errors += icl_problems(cfg)
     return errors
 
 
@@ -186,6 +193,38 @@ _DS_SOURCE = {
     "zero_optimization.offload_optimizer.device": "parallel.offload_optimizer",
     "zero_optimization.offload_param.device": "parallel.offload_params",
 }
+
+
+def icl_problems(cfg: Config) -> list[str]:
+    """What keeps ``eval.icl_tasks`` from running on this training layout, one line each."""
+    ev, par = cfg.eval, cfg.parallel
+    if not ev.icl_tasks and not ev.icl_interval:
+        return []
+    errors = []
+    if ev.icl_tasks and not ev.icl_interval:
+        errors.append("eval.icl_tasks is set but eval.icl_interval=0: set eval.icl_interval=N (steps between "
+                      "in-context evaluations) or remove eval.icl_tasks")
+    if ev.icl_interval and not ev.icl_tasks:
+        errors.append(f"eval.icl_interval={ev.icl_interval} but eval.icl_tasks is empty: add tasks, e.g. "
+                      "eval.icl_tasks=[{task: polarity, shots: [0, 1]}]")
+    if ev.icl_tasks and cfg.family != "gpt":
+        errors.append(f"eval.icl_tasks scores continuations with a causal LM: model.arch={cfg.family} has none "
+                      "(use model.arch=gpt, or remove eval.icl_tasks)")
+    if ev.icl_tasks and par.virtual_pipeline and par.virtual_pipeline > 1:
+        errors.append(f"eval.icl_tasks runs one model chunk per stage: parallel.virtual_pipeline="
+                      f"{par.virtual_pipeline} is not supported with it (unset virtual_pipeline)")
+    if ev.icl_tasks and par.zero_stage == 3:
+        errors.append("eval.icl_tasks calls the model outside the DeepSpeed engine, where ZeRO-3's partitioned "
+                      "weights are not gathered: use parallel.zero_stage 0, 1 or 2 with it")
+    if ev.icl_tasks and cfg.data.synthetic:
+        errors.append("eval.icl_tasks needs text: data.synthetic=true has no tokenizer (use real data)")
+    from dist_pretrain.evaluation.tasks import BUILT_IN  # no torch there
+
+    for t in ev.icl_tasks:
+        if t.task not in BUILT_IN and not Path(t.task).is_file():
+            errors.append(f"eval.icl_tasks: task {t.task!r} is neither a built-in task "
+                          f"({', '.join(sorted(BUILT_IN))}) nor an existing JSONL file")
+    return errors
 
 
 def deepspeed_config(cfg: Config, dp_size: int, num_microbatches: int) -> dict:

@@ -35,6 +35,7 @@ sites it serves:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 
@@ -155,6 +156,18 @@ def enable() -> bool:
     _MODE.__enter__()
     _ENABLED = True
     return True
+
+
+def suspended():
+    """A context in which torch calls skip the CUDA -> CPU mode (and any other torch-function
+    override): for hot loops that create nothing on "cuda", such as the decode steps of
+    generation once the KV cache exists, where the mode's Python call on every op is a
+    measurable share of a step. A no-op when the redirects are off. Uses
+    ``torch._C.DisableTorchFunction`` (private; when a torch lacks it the mode stays on)."""
+    disable = getattr(torch._C, "DisableTorchFunction", None)
+    if not _ENABLED or disable is None:
+        return contextlib.nullcontext()
+    return disable()
 
 
 class _SameGeneratorFilter(logging.Filter):

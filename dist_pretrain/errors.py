@@ -81,3 +81,8 @@ def agree(fn, what: str):
     rank, first = next(((r, m) for r, m in enumerate(messages) if m is not None), (None, what))
     raise AgreedError(first if rank == 0 else f"{first} (on rank {rank})",
                       report=torch.distributed.get_rank() == 0) from error
+
+
+class InferenceError(UserError, ValueError):
+    """A model, tokenizer or request that inference or evaluation cannot serve (the message says
+    which value)."""

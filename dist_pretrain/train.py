@@ -52,13 +52,28 @@ from dist_pretrain.runtime import (
 from dist_pretrain.tasks import get_task
 
 
+def wsd_decay_steps(cfg: Config) -> int:
+    """Steps of the final decay of a warmup-stable-decay schedule (default 20% of the run)."""
+    tr = cfg.train
+    return tr.decay_steps if tr.decay_steps is not None else max(1, round(0.2 * (tr.steps - tr.warmup_steps)))
+
+
 def learning_rate(step: int, cfg: Config) -> float:
-    """Linear warm-up to ``train.lr``, then cosine / linear decay to ``train.min_lr``."""
+    """Linear warm-up to ``train.lr``, then cosine / linear decay to ``train.min_lr``, constant, or
+    warmup-stable-decay (Hagele et al. 2024): constant until the last ``decay_steps``, which fall
+    to ``min_lr`` as 1 - sqrt(progress). The stable phase does not depend on ``train.steps``, so a
+    checkpoint from it can start decay branches of any length (``dist-pretrain sweep``)."""
     tr = cfg.train
     if tr.warmup_steps and step <= tr.warmup_steps:
         return tr.lr * step / tr.warmup_steps
     if tr.decay == "constant" or tr.steps == tr.warmup_steps:
         return tr.lr
+    if tr.decay == "wsd":
+        decay = wsd_decay_steps(cfg)
+        start = tr.steps - decay
+        if step <= start:
+            return tr.lr
+        return tr.min_lr + (tr.lr - tr.min_lr) * (1.0 - math.sqrt((step - start) / decay))
     progress = (step - tr.warmup_steps) / (tr.steps - tr.warmup_steps)
     if tr.decay == "linear":
         return tr.min_lr + (tr.lr - tr.min_lr) * (1.0 - progress)
@@ -188,6 +203,11 @@ class Trainer:
         self.engine = build_engine(cfg, self.rt, chunks, self.tconfig, self.num_microbatches, head)
         self.selection = Selection(self) if cfg.task.name in FINETUNE_TASKS else None
         self.current_step = 0
+        self.icl = None
+        if cfg.eval.icl_tasks:
+            from dist_pretrain.evaluation.in_training import InContextEvaluator
+
+            self.icl = InContextEvaluator(cfg, chunks, self.vocab_size, self.rt.device)
         self.start_step, self.skipped_steps = self._resume(resume_from)
         self.skipped_in_a_row = 0
         self.forward_backward = get_forward_backward_func()
@@ -350,6 +370,7 @@ class Trainer:
         batches = self._batches("valid")
         data = to_device(batches, self.rt.device)
         totals: dict[str, float] = {}
+        batch_losses = []
         try:
             for _ in range(self.eval_steps):
                 if stop is not None and stop.agreed():  # a stop signal cuts validation short
@@ -357,6 +378,8 @@ class Trainer:
                 outputs = self._run_schedule(self._fetch(data, "validation data"), forward_only=True)
                 for key, value in _global_metrics(outputs, self.metric_keys, self.rt).items():
                     totals[key] = totals.get(key, 0.0) + value / self.eval_steps
+                    if key == self.task.loss_key:
+                        batch_losses.append(value)
         finally:
             # stop this pass's loader workers now: left running they block the process exit
             data.close()
@@ -364,8 +387,23 @@ class Trainer:
                 batches.close()
         self.engine.train(True)
         val_loss = totals.pop(self.task.loss_key)
-        return {"val/loss": val_loss, "val/perplexity": math.exp(min(val_loss, 50.0)),
+        # standard error of the mean over the validation batches (each a global batch's mean)
+        se = float(torch.tensor(batch_losses, dtype=torch.float64).std() / math.sqrt(len(batch_losses))) \
+            if len(batch_losses) > 1 else float("nan")
+        return {"val/loss": val_loss, "val/loss_se": se, "val/perplexity": math.exp(min(val_loss, 50.0)),
                 **{f"val/{_tag(k)}": v for k, v in totals.items()}}
+
+    def in_context_evaluation(self, step: int) -> dict[str, float]:
+        """``eval.icl_tasks`` on the model as it is (``dist_pretrain.evaluation.in_training``)."""
+        self.engine.train(False)
+        try:
+            values = self.icl.run()
+        finally:
+            self.engine.train(True)
+        if self.rt.is_logging_rank:
+            print(f"in-context evaluation at step {step}: "
+                  + " | ".join(f"{k[4:]} {v:.4f}" for k, v in values.items()), flush=True)
+        return values
 
     def fit(self) -> list[dict[str, Any]]:
         """Train to ``train.steps``; returns this run's per-step values.
@@ -398,6 +436,8 @@ class Trainer:
                     if self.rt.is_logging_rank and "val/perplexity" in values:
                         print(f"validation at step {step}: loss {values['val/loss']:.4f} | "
                               f"perplexity {values['val/perplexity']:.2f}", flush=True)
+                if self.icl is not None and self.icl.due(step):
+                    values.update(self.in_context_evaluation(step))
                 best = self.selection is not None and self.selection.best_step == step
                 if last and self.selection is not None:
                     values.update(self.selection.final())

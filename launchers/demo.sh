@@ -3,7 +3,8 @@
 # Builds the real-English demo corpus (Wikipedia articles in C4 layout) and the family's
 # shards if missing, then pretrains the small model of configs/<family>/demo.yaml on two
 # processes: GPT with TP=2 (GPT-2 BPE, packed sequences), BERT with TP=2 (WordPiece,
-# masked LM), T5 with PP=2 (SentencePiece trained on the corpus, span corruption).
+# masked LM), T5 with PP=2 (SentencePiece trained on the corpus, span corruption). GPT and T5
+# end with a greedy continuation of a fixed prompt by the model just trained.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
@@ -55,6 +56,17 @@ case "$family" in
 esac
 launchers/torchrun.sh "configs/$family/demo.yaml" "$@"
 run_dir="$("$py" -c 'import sys; from dist_pretrain.config import load_config; print(load_config(sys.argv[1], sys.argv[2:]).run_dir)' "configs/$family/demo.yaml" "$@")"
+# what the model it just trained makes of a fixed prompt (greedy, from the final checkpoint, one process)
+case "$family" in
+  gpt) prompt="The city is located on the" ;;
+  t5) prompt="The city is located on the <extra_id_0> of the river." ;;
+  *) prompt="" ;;
+esac
+if [ -n "$prompt" ]; then
+  echo
+  echo "Greedy continuation by the trained model (dist-pretrain generate $run_dir --greedy):"
+  "${dp[@]}" generate "$run_dir" --prompt "$prompt" --greedy --max-new-tokens 24
+fi
 echo
 echo "TensorBoard logs: $run_dir/tensorboard"
 echo "Open them with:   .venv/bin/tensorboard --logdir $run_dir/tensorboard --port 6006   (then browse http://localhost:6006)"

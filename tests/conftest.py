@@ -1,5 +1,6 @@
 """Fixtures shared by several test files."""
 
+import os
 import subprocess
 import sys
 
@@ -24,3 +25,27 @@ def real_lm_shards(tmp_path_factory):
     run("preprocess", "--input", str(root / "c4/en/*.json.gz"), "--tokenizer", str(root / "bpe/tokenizer.json"),
         "--seq-len", "32", "--samples-per-shard", "256", "--output", str(root / "lm"), "--quiet")
     return root / "lm"
+
+
+@pytest.fixture(scope="session")
+def random_gpt2(tmp_path_factory):
+    """(HF directory, our imported checkpoint) of one random GPT-2 (2 x 64) with the real GPT-2
+    tokenizer (generation and evaluation tests). A wide init makes the next-token distributions
+    peaked: no near-ties for fp32 noise to flip."""
+    root = tmp_path_factory.mktemp("gpt2")
+    script = f"""
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+from dist_pretrain.data.tokenizer import load_tokenizer
+from dist_pretrain.interop.hf_import import import_hf
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=50257, n_positions=64, initializer_range=0.2,
+                     activation_function="gelu_new", bos_token_id=50256, eos_token_id=50256)
+    GPT2LMHeadModel(cfg).save_pretrained("{root}/hf")
+    load_tokenizer("gpt2").tokenizer.save("{root}/hf/tokenizer.json")
+    import_hf("{root}/hf", "{root}/ours")
+"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True, timeout=600)
+    return root / "hf", root / "ours"

@@ -12,6 +12,7 @@ daemons that a script started and detached (the local Slurm cluster) survive it.
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 
@@ -124,3 +125,16 @@ def demo_shards(root, samples_per_shard: int, seq_len: int = 64):
                          "--seq-len", str(seq_len), "--samples-per-shard", str(samples_per_shard),
                          "--output", str(root / "shards"), "--quiet"], check=True, capture_output=True)
     return root / "shards"
+
+
+QUIET_ENV = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def run_python(*args, timeout=600) -> str:
+    """``python ARGS`` with one thread and warnings off; its stdout, or an AssertionError with both
+    streams' tails."""
+    proc = subprocess.run([sys.executable, *args], env={**os.environ, **QUIET_ENV}, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc.stdout

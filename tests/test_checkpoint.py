@@ -125,9 +125,12 @@ def test_reshard_tp2xpp2_checkpoint_to_one_process_and_to_dp2_zero2(tmp_path):
     halves of gate and up; a wrong split would change the resumed losses."""
     common = ["train.steps=6", "train.decay=constant", "train.warmup_steps=0", "monitor.tensorboard=false",
               "monitor.peak_tflops=1", "train.log_interval=1", "model.activation=swiglu", "model.num_query_groups=2",
-              "model.ffn_hidden_size=96"]
+              "model.ffn_hidden_size=96", "train.adam_eps=1e-3"]
+    # adam_eps at the gradients' scale: Adam's first steps are then ~linear in the gradient instead of
+    # ~sign(g), which for the many |g| ~ 1e-8 would turn float reduction-order noise between layouts
+    # into lr-sized weight differences (measured 2.5e-5 with eps 1e-8) and hide a real one
     ref = tmp_path / "ref"
-    assert launch(1, ref, *common)[0] == 0
+    assert launch(1, ref, *common, "checkpoint.interval=3")[0] == 0
     saved = tmp_path / "tp2pp2"
     rc, out = launch(4, saved, *common, "train.steps=3", "checkpoint.interval=3", "parallel.tensor=2",
                      "parallel.pipeline=2", "parallel.zero_stage=1", timeout=300)
@@ -142,14 +145,11 @@ def test_reshard_tp2xpp2_checkpoint_to_one_process_and_to_dp2_zero2(tmp_path):
         got, want = losses(run)[3:], losses(ref)[3:]
         assert len(got) == 3
         assert all(abs(g - w) <= 1e-5 * abs(w) for g, w in zip(got, want)), (nproc, got, want)
-    # the saved weights themselves: TP2xPP2 shards reassembled = the one-process weights
-    ref_ckpt = tmp_path / "ref_ckpt"
-    assert launch(1, ref_ckpt, *common, "train.steps=3", "checkpoint.interval=3")[0] == 0
-    b = consolidate(ref_ckpt / "checkpoints/step-00000003")
+    # the saved weights themselves: TP2xPP2 shards reassembled = the one-process weights at step 3
+    b = consolidate(ref / "checkpoints/step-00000003")
     assert a.keys() == b.keys()
-    # layouts differ by float reduction order (~1e-7 relative in gradients); Adam's m/sqrt(v)
-    # amplifies that on elements with tiny second moments: measured max 3.7e-6 vs weights ~0.09
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < 1e-6, worst
 
 
 def test_corrupt_latest_falls_back_to_the_previous_good_one(reference, tmp_path, capsys):

@@ -200,13 +200,18 @@ BAD = [
     ),
     pytest.param(
         ["model.position_embedding=relative"], 1, None,
-        ["model.position_embedding=relative is T5's relative position bias", "model.arch=gpt takes learned or rope"],
+        ["model.position_embedding=relative is not built by model.arch=gpt", "it takes learned or rope"],
         id="relative-bias-outside-t5",
     ),
     pytest.param(
         ["model.arch=t5", "task.name=span_corruption", "model.position_embedding=rope"], 1, None,
-        ["model.position_embedding=rope", "model.arch=t5 takes learned (absolute) or relative"],
+        ["model.position_embedding=rope is not built by model.arch=t5", "it takes learned or relative"],
         id="rope-for-t5",
+    ),
+    pytest.param(
+        ["model.arch=bert", "task.name=masked_lm", "model.position_embedding=rope"], 1, None,
+        ["model.position_embedding=rope is not built by model.arch=bert", "it takes learned"],
+        id="rope-for-bert",
     ),
     pytest.param(
         ["model.arch=t5", "task.name=span_corruption", "model.position_embedding=relative",

@@ -139,3 +139,56 @@ if __name__ == "__main__":
         acc.append(ll.index(max(ll)) == r["gold"])
         acc_norm.append(norm.index(max(norm)) == r["gold"])
     assert res == {"acc": sum(acc) / 4, "acc_norm": sum(acc_norm) / 4, "exact_match": 2 / 3}, (res, acc, acc_norm)
+
+
+def test_data_parallel_evaluate_under_torchrun_equals_one_process(random_gpt2, tmp_path):
+    """Two replicas (torchrun, 2 processes) share 7 items of each kind (4 and 3) and gather the
+    outcomes: every row equal to one process, item counts included; rank 0 alone prints."""
+    _, ours = random_gpt2
+    words = ["red", "one", "north", "cat", "sun", "tree", "river"]
+    files = {
+        "mc.jsonl": [{"query": f"After {w} comes", "choices": [" blue", " two words", " up"], "gold": i % 3}
+                     for i, w in enumerate(words)],
+        "lm.jsonl": [{"context": f"The {w} is near the", "continuation": " house"} for w in words],
+        "gen.jsonl": [{"context": f"Q: {w}?\nA:", "answer": "yes"} for w in words],
+    }
+    for name, rows in files.items():
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["-m", "dist_pretrain", "evaluate", str(ours), *[a for f in files for a in ("--task", str(tmp_path / f))],
+            "--shots", "0,2", "--batch-size", "2"]
+    one = subprocess.run([sys.executable, *args, "--output", str(tmp_path / "one.json")], env=ENV,
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                          *args[1:], "--output", str(tmp_path / "two.json")], env=ENV, capture_output=True, text=True,
+                         timeout=600, check=False)
+    assert two.returncode == 0, two.stderr[-3000:]
+    single, parallel = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert len(single) == (2 + 2 + 1) * 2 and all(r["n"] == 7 for r in single)
+    for a, b in zip(single, parallel):
+        assert {k: v for k, v in a.items() if k not in ("value", "ci95")} == \
+            {k: v for k, v in b.items() if k not in ("value", "ci95")}
+        assert b["value"] == pytest.approx(a["value"], rel=1e-6), (a, b)
+    assert two.stdout.count("| task | shots |") == 1
+
+
+def test_quiz_tasks_from_bsdgames():
+    """Debian's bsdgames quiz files (installed by .ci/run): patterns resolved to one canonical
+    spelling plus every accepted one; multiple choice with distractors of the same section."""
+    from dist_pretrain.evaluation.quiz import canonical, spellings
+    from dist_pretrain.evaluation.tasks import load_task
+
+    assert canonical("Bras['i|i'|i]lia") == "Brasilia" and canonical("Central Africa{n Rep{ublic}}") == \
+        "Central African Republic"
+    assert spellings("Vienna|Wien") == ["Vienna", "Wien"] and spellings("{The }Gambia") == ["The Gambia", "Gambia"]
+    assert "Port-au-Prince" in spellings("Port[-| ]au[-| ]Prince")
+    gen, mc = load_task("quiz"), load_task("quiz-mc")
+    assert len(gen.test) == len(mc.test) == 374  # 271 capitals, 103 elements
+    assert {"context": "Q: What is the capital of Austria?\nA:", "answer": ["Vienna", "Wien"]} in gen.test
+    assert {"context": "Q: Which chemical element has the symbol Fe?\nA:", "answer": ["Iron"]} in gen.test
+    for row in mc.test:
+        assert len(set(row["choices"])) == 4 and 0 <= row["gold"] < 4
+    iron = next(r for r in mc.test if "symbol Fe?" in r["query"])
+    elements = {r["answer"][0] for r in gen.test if "chemical element" in r["context"]}
+    assert iron["choices"][iron["gold"]] == "Iron" and set(iron["choices"]) <= elements  # distractors: elements
+    assert build_context(gen, 0, 1, 5).count("\nA: ") == 1  # a demonstration shows its first accepted answer

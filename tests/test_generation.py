@@ -10,11 +10,9 @@ if generation ever looked at them. Processes that start a process group run as s
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+from launch import run_python
 import torch
 
 from dist_pretrain.inference.sampling import (
@@ -25,38 +23,13 @@ from dist_pretrain.inference.sampling import (
     next_tokens,
 )
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 PROMPTS = ["It was the best of times, it was the worst of times, it was", "Hello", "The capital of France is"]
 NEW = 12
 
 
-def run(*args):
-    proc = subprocess.run([sys.executable, *args], env=ENV, capture_output=True, text=True, timeout=600,
-                          check=False)
-    if proc.returncode != 0:
-        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc.stdout
-
-
 @pytest.fixture(scope="module")
-def imported(tmp_path_factory):
-    """(HF directory, our imported checkpoint) of one random GPT-2 with the GPT-2 tokenizer."""
-    root = tmp_path_factory.mktemp("gen")
-    run("-c", f"""
-import torch
-from transformers import GPT2Config, GPT2LMHeadModel
-from dist_pretrain.data.tokenizer import load_tokenizer
-from dist_pretrain.interop.hf_import import import_hf
-if __name__ == "__main__":
-    torch.manual_seed(0)
-    # a wide init makes the next-token distributions peaked: no near-ties for fp32 noise to flip
-    cfg = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=50257, n_positions=64, initializer_range=0.2,
-                     activation_function="gelu_new", bos_token_id=50256, eos_token_id=50256)
-    GPT2LMHeadModel(cfg).save_pretrained("{root}/hf")
-    load_tokenizer("gpt2").tokenizer.save("{root}/hf/tokenizer.json")
-    import_hf("{root}/hf", "{root}/ours")
-""")
-    return root / "hf", root / "ours"
+def imported(random_gpt2):
+    return random_gpt2
 
 
 def hf_greedy(hf_dir, prompts, new=NEW):
@@ -78,7 +51,7 @@ def hf_greedy(hf_dir, prompts, new=NEW):
 
 def test_greedy_equals_transformers_and_the_cache_equals_recomputation(imported):
     hf_dir, ours = imported
-    out = run("-c", f"""
+    out = run_python("-c", f"""
 import json
 from dist_pretrain.inference import SamplingParams, generate, load_causal_lm
 if __name__ == "__main__":
@@ -115,7 +88,7 @@ def test_cli_streams_one_prompt_and_stops_at_a_stop_string(imported):
 
     tok = load_tokenizer("gpt2")
     stop = tok.decode(theirs[3:5])  # a string the prompt's greedy text contains
-    printed = run("-m", "dist_pretrain", "generate", str(ours), "--prompt", PROMPTS[0], "--greedy",
+    printed = run_python("-m", "dist_pretrain", "generate", str(ours), "--prompt", PROMPTS[0], "--greedy",
                   "--max-new-tokens", str(NEW), "--stop", stop)
     expected = tok.decode(theirs).split(stop)[0]
     assert printed == PROMPTS[0] + expected + "\n", (printed, expected)
@@ -124,7 +97,7 @@ def test_cli_streams_one_prompt_and_stops_at_a_stop_string(imported):
 def test_tensor_parallel_generates_the_same_text_as_one_process(imported, tmp_path):
     """TP=2 under torchrun (PP=2 is the same code path plus send / recv; run by hand, see README)."""
     hf_dir, ours = imported
-    out = run("-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "dist_pretrain",
+    out = run_python("-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "dist_pretrain",
               "generate", str(ours), *[a for p in PROMPTS for a in ("--prompt", p)], "--greedy", "--max-new-tokens",
               str(NEW), "--tensor", "2", "--output", str(tmp_path / "out.jsonl"))
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]

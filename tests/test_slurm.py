@@ -305,3 +305,37 @@ def test_bad_input_fails_in_the_batch_script_before_any_node_starts(cluster, rea
     assert "Traceback" not in text and "srun exited" not in text and "rank 0/" not in text, text
     assert not (tmp_path / "runs").exists()
     assert time.monotonic() - t0 < 60
+
+
+def test_sweep_array_requeues_a_preempted_task(cluster, real_lm_shards, tmp_path):
+    """`dist-pretrain sweep` with executor slurm: one sbatch --array (two sizes, one cosine run each,
+    one task at a time); task 0 is signalled mid-run as before a time limit, saves, is requeued and
+    resumes; both rows reach results.jsonl."""
+    spec = {"base": str(ROOT / "configs/gpt/tiny.yaml"),
+            "overrides": ["data.synthetic=false", f"data.path={real_lm_shards}", "model.vocab_size=null",
+                          "train.warmup_steps=2", "monitor.peak_tflops=1", "monitor.tensorboard=false",
+                          "data.num_workers=0", "train.threads=1"],
+            "sweep_dir": str(tmp_path / "sweep"), "sizes": ["gpt-nano", "gpt-micro"],
+            "tokens": {"explicit": [40 * 8 * 32]}, "schedule": {"kind": "cosine"}, "validation_batches": 4,
+            "executor": {"kind": "slurm", "throttle": 1}}
+    (tmp_path / "sweep.yaml").write_text(json.dumps(spec))
+    r = cluster.run(sys.executable, "-m", "dist_pretrain", "sweep", str(tmp_path / "sweep.yaml"), cwd=tmp_path,
+                    timeout=120)
+    array = r.stdout.strip().splitlines()[-1]
+    assert "%1" in r.stdout, r.stdout
+    first, log = f"{array}_0", tmp_path / f"sweep/logs/{array}_0.out"
+    run_dir = tmp_path / "sweep/gpt-nano-s40"
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while len(_history(run_dir)) < 2:
+        assert time.monotonic() < deadline, _tail(log)
+        assert cluster.job(first)["JobState"] in ("PENDING", "RUNNING"), _tail(log)
+        time.sleep(0.2)
+    cluster.run("scancel", "--signal=TERM", "--batch", first)  # what --signal=B:TERM@120 sends
+    # the throttle lets task 1 start in the freed slot; the requeued task 0 runs after it
+    assert cluster.wait(f"{array}_1", tmp_path / f"sweep/logs/{array}_1.out", 2 * JOB_TIMEOUT)["JobState"] == "COMPLETED"
+    info = cluster.wait(first, log, 2 * JOB_TIMEOUT)
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", _tail(log)
+    assert "requeueing array task 0" in log.read_text() and "resumed from" in (run_dir / "train.log").read_text()
+    rows = [json.loads(x) for x in (tmp_path / "sweep/results.jsonl").read_text().splitlines()]
+    assert [row["name"] for row in rows] == ["gpt-nano-s40", "gpt-micro-s40"]
+    assert sorted(_history(run_dir)) == list(range(1, 41)) and all(row["schedule"] == "cosine" for row in rows)

@@ -7,7 +7,7 @@
   exp(-mean over items of the continuation's log-likelihood), as lm-evaluation-harness
   reports LAMBADA.
 * generate: greedy decoding until a stop string, EOS or ``max_new_tokens``; ``exact_match`` after whitespace
-  normalisation (ends stripped, inner runs of whitespace one space).
+  normalisation (ends stripped, inner runs of whitespace one space) with any accepted answer.
 
 Every metric comes with ``n`` and a 95% interval: Wilson's for proportions, and for
 perplexity the normal interval of the mean log-likelihood mapped through exp.
@@ -16,8 +16,17 @@ perplexity the normal interval of the mean log-likelihood mapped through exp.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
-from dist_pretrain.evaluation.prompts import answer, build_context, join_target
+import torch
+
+from dist_pretrain.evaluation.prompts import (
+    accepted_answers,
+    answer,
+    build_context,
+    demonstration_plan,
+    join_target,
+)
 from dist_pretrain.evaluation.scoring import score_requests
 from dist_pretrain.evaluation.tasks import Task
 from dist_pretrain.inference.model import CausalLM
@@ -53,43 +62,87 @@ def normalise(text: str) -> str:
     return " ".join(text.split())
 
 
-def evaluate_task(lm: CausalLM, task: Task, shots: int, limit: int | None = None, seed: int = 1234,
-                  batch_size: int = 16) -> list[dict]:
-    """Result rows ``{task, shots, metric, value, n, ci95, truncated}`` for ``task`` at ``shots``."""
-    items = range(min(limit, len(task.test)) if limit else len(task.test))
-    contexts = [build_context(task, i, shots, seed) for i in items]
+def item_records(lm: CausalLM, task: Task, shots: int, items: Sequence[int], seed: int = 1234,
+                 batch_size: int = 16) -> list[dict] | None:
+    """Per-item outcomes (``acc``, ``acc_norm``, ``loglik``, ``exact_match``, ``truncated``, as
+    the task kind has them) for the test items ``items``; None on ranks without logits (not the
+    last pipeline stage). Every rank of one model replica calls this together."""
+    plan = demonstration_plan(task, shots, seed, max(items, default=-1) + 1)
+    contexts = [build_context(task, i, shots, seed, [task.pool[j] for j in plan[i]]) for i in items]
     rows = task.test
     if task.kind == "multiple_choice":
         requests = [(ctx, join_target(task, "", choice)) for ctx, i in zip(contexts, items)
                     for choice in rows[i]["choices"]]
-        scores = iter(score_requests(lm, requests, batch_size))
-        acc, acc_norm, truncated = [], [], 0
+        scores = score_requests(lm, requests, batch_size)
+        if scores is None:
+            return None
+        scores, records = iter(scores), []
         for i in items:
             got = [next(scores) for _ in rows[i]["choices"]]
-            truncated += any(s.truncated for s in got)
             ll = [s.loglik for s in got]
             norm = [s.loglik / max(1, len(c)) for s, c in zip(got, rows[i]["choices"])]
-            acc.append(max(range(len(ll)), key=ll.__getitem__) == rows[i]["gold"])
-            acc_norm.append(max(range(len(norm)), key=norm.__getitem__) == rows[i]["gold"])
-        results = [proportion(task.name, shots, "acc", acc), proportion(task.name, shots, "acc_norm", acc_norm)]
-    elif task.kind == "lm":
+            records.append({"acc": max(range(len(ll)), key=ll.__getitem__) == rows[i]["gold"],
+                            "acc_norm": max(range(len(norm)), key=norm.__getitem__) == rows[i]["gold"],
+                            "truncated": any(s.truncated for s in got)})
+        return records
+    if task.kind == "lm":
         requests = [(ctx, join_target(task, "", answer(task, rows[i]))) for ctx, i in zip(contexts, items)]
         scores = score_requests(lm, requests, batch_size)
-        truncated = sum(s.truncated for s in scores)
-        results = [proportion(task.name, shots, "acc", [s.greedy for s in scores]),
-                   perplexity(task.name, shots, [s.loglik for s in scores])]
-    else:
-        from dist_pretrain.inference.generate import generate
-        from dist_pretrain.inference.sampling import SamplingParams
+        if scores is None:
+            return None
+        return [{"acc": s.greedy, "loglik": s.loglik, "truncated": s.truncated} for s in scores]
+    from dist_pretrain.inference.generate import generate
+    from dist_pretrain.inference.sampling import SamplingParams
 
-        prompts = contexts  # the delimiter is generated (" Paris" is one token, " " + "Paris" two)
-        done = []
-        for start in range(0, len(prompts), batch_size):
-            done += generate(lm, prompts[start:start + batch_size], task.max_new_tokens, SamplingParams(greedy=True),
-                             stop=task.stop)
-        truncated = sum(c.truncated_prompt_tokens > 0 for c in done)
-        hits = [normalise(c.completion) == normalise(rows[i]["answer"]) for c, i in zip(done, items)]
-        results = [proportion(task.name, shots, "exact_match", hits)]
+    done = []  # the delimiter is generated (" Paris" is one token, " " + "Paris" two)
+    for start in range(0, len(contexts), batch_size):
+        done += generate(lm, contexts[start:start + batch_size], task.max_new_tokens, SamplingParams(greedy=True),
+                         stop=task.stop)
+    return [{"exact_match": normalise(c.completion) in {normalise(a) for a in accepted_answers(rows[i])},
+             "truncated": c.truncated_prompt_tokens > 0} for c, i in zip(done, items)]
+
+
+def summarise(task: Task, shots: int, records: list[dict]) -> list[dict]:
+    """Result rows ``{task, shots, metric, value, n, ci95, truncated}`` from per-item outcomes."""
+    if task.kind == "multiple_choice":
+        results = [proportion(task.name, shots, m, [r[m] for r in records]) for m in ("acc", "acc_norm")]
+    elif task.kind == "lm":
+        results = [proportion(task.name, shots, "acc", [r["acc"] for r in records]),
+                   perplexity(task.name, shots, [r["loglik"] for r in records])]
+    else:
+        results = [proportion(task.name, shots, "exact_match", [r["exact_match"] for r in records])]
     for r in results:
-        r["truncated"] = int(truncated)
+        r["truncated"] = sum(rec["truncated"] for rec in records)
     return results
+
+
+def gather_records(mine: list[dict] | None, dp_rank: int, dp_size: int, n: int) -> list[dict]:
+    """All items' records in item order on every rank, from replica ``dp_rank``'s items
+    ``dp_rank::dp_size`` (each replica's reporting rank contributes; the others send None)."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return mine
+    every: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(every, (dp_rank, mine))
+    parts = {rank: recs for rank, recs in every if recs is not None}
+    if sorted(parts) != list(range(dp_size)):
+        raise RuntimeError(f"evaluation: records from data-parallel ranks {sorted(parts)}, expected 0..{dp_size - 1}")
+    out: list = [None] * n
+    for rank, recs in parts.items():
+        out[rank::dp_size] = recs
+    return out
+
+
+def evaluate_task(lm: CausalLM, task: Task, shots: int, limit: int | None = None, seed: int = 1234,
+                  batch_size: int = 16) -> list[dict]:
+    """Result rows ``{task, shots, metric, value, n, ci95, truncated}`` for ``task`` at ``shots``.
+
+    Under torchrun each data-parallel replica scores every ``dp``-th item (its rank first) and
+    the outcomes are gathered in item order: the numbers are those of one process."""
+    from megatron.core import parallel_state
+
+    n = min(limit, len(task.test)) if limit else len(task.test)
+    dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
+    mine = item_records(lm, task, shots, range(dp_rank, n, dp_size), seed, batch_size)
+    if mine is not None and parallel_state.get_tensor_model_parallel_rank() != 0:
+        mine = None  # one copy per replica
+    return summarise(task, shots, gather_records(mine, dp_rank, dp_size, n))

@@ -41,9 +41,10 @@ def split_tokens(tokenizer, context: str, continuation: str) -> tuple[list[int],
 
 
 @torch.no_grad()
-def score_requests(lm: CausalLM, requests: Sequence[tuple[str, str]], batch_size: int = 16) -> list[Score]:
+def score_requests(lm: CausalLM, requests: Sequence[tuple[str, str]], batch_size: int = 16) -> list[Score] | None:
     """A ``Score`` per (context, continuation) pair, batched with right padding (the causal
-    mask keeps real tokens from seeing it)."""
+    mask keeps real tokens from seeing it); None on the pipeline stages before the last (all
+    stages call this together)."""
     limit = lm.max_positions
     rows = []
     for context, continuation in requests:
@@ -64,7 +65,10 @@ def score_requests(lm: CausalLM, requests: Sequence[tuple[str, str]], batch_size
             ids[j, :len(rows[i][0]) - 1] = torch.tensor(rows[i][0][:-1])
         positions = torch.arange(width, device=lm.device).expand_as(ids)
         keep = torch.ones_like(ids, dtype=torch.bool)
-        logits = lm.forward(ids, positions, keep)[..., :lm.softmax_rows]
+        logits = lm.forward(ids, positions, keep)
+        if logits is None:  # not the last pipeline stage: it only passed hidden states on
+            continue
+        logits = logits[..., :lm.softmax_rows]
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         for j, i in enumerate(idx):
             full, n, truncated = rows[i]
@@ -72,4 +76,4 @@ def score_requests(lm: CausalLM, requests: Sequence[tuple[str, str]], batch_size
             lp = logprobs[j, len(full) - 1 - n:len(full) - 1]  # position t predicts token t + 1
             picked = lp.gather(-1, target[:, None]).squeeze(-1)
             scores[i] = Score(float(picked.sum()), bool((lp.argmax(-1) == target).all()), n, truncated)
-    return scores
+    return scores if lm.is_last_stage else None

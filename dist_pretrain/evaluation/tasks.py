@@ -19,7 +19,11 @@ Built-in tasks, from data that installs offline (``/work/shared/DATA.md``):
   the same section; items in a seeded order, so ``--limit`` takes a mix of sections.
 * ``polarity``: gensim's 200 Pang & Lee movie-review sentences, label words
   "negative" / "positive".
-* ``quiz`` (Debian ``bsdgames``) is not built in: the package is not installed here.
+* ``quiz`` / ``quiz-mc``: capitals and chemical elements from Debian's ``bsdgames`` quiz
+  files, generative and 4-way multiple choice (``dist_pretrain.evaluation.quiz``).
+
+A generative row's ``answer`` may be a list of accepted answers (the first one is shown in
+demonstrations).
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dist_pretrain.inference.model import InferenceError
+from dist_pretrain.errors import InferenceError
+from dist_pretrain.evaluation.quiz import quiz_generative, quiz_multiple_choice
 
 KINDS = {"multiple_choice": ("query", "choices", "gold"), "lm": ("context", "continuation"),
          "generate": ("context", "answer")}
@@ -81,6 +86,10 @@ def load_task_file(path: str | Path) -> Task:
         if kind == "multiple_choice" and not (isinstance(row["gold"], int) and 0 <= row["gold"] < len(row["choices"])):
             raise InferenceError(f"{path} line {n}: gold={row['gold']!r} is not an index into its "
                                  f"{len(row['choices'])} choices")
+        if kind == "generate" and not (isinstance(row["answer"], str) or (
+                isinstance(row["answer"], list) and row["answer"] and all(isinstance(a, str) for a in row["answer"]))):
+            raise InferenceError(f"{path} line {n}: answer={row['answer']!r} is neither a string nor a non-empty "
+                                 "list of accepted strings")
     return Task(name=path.stem, kind=kind, test=rows)
 
 
@@ -159,16 +168,14 @@ def lambada_demo() -> Task:
     return Task(name="lambada-demo", kind="lm", test=last_words(valid, 10**6), train=last_words(train, 500))
 
 
-BUILT_IN = {"lambada-demo": lambada_demo, "analogies": analogies, "polarity": polarity}
+BUILT_IN = {"lambada-demo": lambada_demo, "analogies": analogies, "polarity": polarity, "quiz": quiz_generative,
+            "quiz-mc": quiz_multiple_choice}
 
 
 def load_task(name_or_file: str) -> Task:
     """A built-in task by name or a JSONL task file."""
     if name_or_file in BUILT_IN:
         return BUILT_IN[name_or_file]()
-    if name_or_file == "quiz":
-        raise InferenceError("task quiz needs Debian's bsdgames (/usr/share/games/bsdgames/quiz), which is not "
-                             "built in; write its questions as a {context, answer} JSONL file instead")
     if Path(name_or_file).is_file():
         return load_task_file(name_or_file)
     raise InferenceError(f"--task {name_or_file!r} is neither a built-in task ({', '.join(sorted(BUILT_IN))}) "

@@ -1,10 +1,12 @@
-"""``dist-pretrain generate SRC --prompt P ...``: text from a GPT checkpoint, with a KV cache.
+"""``dist-pretrain generate SRC --prompt P ...``: text from a GPT or T5 checkpoint, with KV caches.
 
 One process by default; under torchrun / srun with ``--tensor N`` / ``--pipeline N`` every
 rank runs the same steps, the tokens are chosen once on the last stage and shared, and only
 rank 0 prints or writes. One prompt is streamed as it is generated; several are batched
 (``--batch-size`` at a time) and printed when done. ``--output FILE.jsonl`` writes one row
-``{"prompt", "completion", "token_ids"}`` per prompt (``token_ids``: generated ids only).
+``{"prompt", "completion", "token_ids"}`` per prompt (``token_ids``: generated ids only; for
+T5 without the decoder-start id). A T5 prompt is its input text: a task prefix
+(``summarize: ...``) or sentinels (``I <extra_id_0> this``) are written in it.
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ def main(argv: list[str]) -> int:
 
 def run(args, rank0: bool) -> int:
     from dist_pretrain.inference.generate import generate
-    from dist_pretrain.inference.model import load_causal_lm
+    from dist_pretrain.inference.model import CausalLM, load_lm
     from dist_pretrain.inference.sampling import SamplingParams
 
     prompts = read_prompts(args)
@@ -116,21 +118,24 @@ def run(args, rank0: bool) -> int:
         raise InferenceError(f"--batch-size must be >= 1, got {args.batch_size}")
     sampling = SamplingParams(greedy=args.greedy, temperature=args.temperature, top_k=args.top_k,
                               top_p=args.top_p, seed=args.seed)
-    lm = load_causal_lm(args.src, args.tokenizer, args.tensor, args.pipeline)
+    lm = load_lm(args.src, args.tokenizer, args.tensor, args.pipeline)
+    # a T5 output is a new text, not a continuation: shown under its input
+    seq2seq = not isinstance(lm, CausalLM)
+    side, shown = ("right", "\n=> ") if seq2seq else ("left", "")
     rows = []
     for start in range(0, len(prompts), args.batch_size):
         batch = prompts[start:start + args.batch_size]
-        streamer = Streamer(batch[0], lm.tokenizer, args.stop) if len(prompts) == 1 and rank0 else None
+        streamer = Streamer(batch[0] + shown, lm.tokenizer, args.stop) if len(prompts) == 1 and rank0 else None
         done = generate(lm, batch, args.max_new_tokens, sampling, args.stop, not args.ignore_eos,
                         on_token=streamer)
         for c in done:
             if c.truncated_prompt_tokens and rank0:
-                print(f"warning: prompt {len(rows) + 1}: {c.truncated_prompt_tokens} tokens dropped from the left "
-                      f"to fit {lm.max_positions} positions", file=sys.stderr)
+                print(f"warning: prompt {len(rows) + 1}: {c.truncated_prompt_tokens} tokens dropped (from the "
+                      f"{side}) to fit {lm.max_positions} positions", file=sys.stderr)
             if streamer:
                 streamer.finish(c.completion)
             elif rank0:
-                print(f"--- [{len(rows) + 1}] ({c.finish_reason}, {len(c.token_ids)} tokens)\n{c.prompt}{c.completion}")
+                print(f"--- [{len(rows) + 1}] ({c.finish_reason}, {len(c.token_ids)} tokens)\n{c.prompt}{shown}{c.completion}")
             rows.append(c.row())
     if args.output and rank0:
         with open(args.output, "w", encoding="utf-8") as f:

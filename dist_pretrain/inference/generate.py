@@ -13,11 +13,13 @@ the cache is tested against). A row stops at EOS, at a stop string, or after
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+from dist_pretrain import cpu_compat
 from dist_pretrain.inference.model import CausalLM, InferenceError
 from dist_pretrain.inference.sampling import SamplingParams, next_tokens
 
@@ -57,17 +59,23 @@ def encode_prompts(lm: CausalLM, prompts: Sequence[str], max_new_tokens: int) ->
 
 
 @torch.no_grad()
-def generate(lm: CausalLM, prompts: Sequence[str], max_new_tokens: int = 32, sampling: SamplingParams | None = None,
+def generate(lm, prompts: Sequence[str], max_new_tokens: int = 32, sampling: SamplingParams | None = None,
              stop: Sequence[str] = (), stop_at_eos: bool = True, kv_cache: bool = True,
              on_token: Callable[[int, list[int]], None] | None = None) -> list[Completion]:
     """Continue every prompt; ``on_token(row, generated_ids)`` is called after each step for
-    rows still running (streaming). All ranks call this together and get the same result."""
+    rows still running (streaming). All ranks call this together and get the same result.
+    ``lm``: a ``CausalLM`` (GPT) or a ``Seq2SeqLM`` (T5; ``dist_pretrain.inference.seq2seq``),
+    as ``load_lm`` returns."""
     if isinstance(prompts, str):
         raise InferenceError("prompts must be a list of strings, not one string")
     if not prompts:
         return []
     if max_new_tokens < 1:
         raise InferenceError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not isinstance(lm, CausalLM):  # an encoder-decoder (T5)
+        from dist_pretrain.inference.seq2seq import generate_seq2seq
+
+        return generate_seq2seq(lm, prompts, max_new_tokens, sampling, stop, stop_at_eos, kv_cache, on_token)
     sampling = sampling or SamplingParams()
     encoded, dropped = encode_prompts(lm, prompts, max_new_tokens)
     b, width = len(encoded), max(len(ids) for ids in encoded)
@@ -82,37 +90,49 @@ def generate(lm: CausalLM, prompts: Sequence[str], max_new_tokens: int = 32, sam
            for p, e, d in zip(prompts, encoded, dropped)]
     running = [True] * b
     step_ids, step_pos = ids, positions
-    for _ in range(max_new_tokens):
-        logits = lm.forward(step_ids, step_pos, keep, cache)
+    # one process: the steps after the prefill allocate nothing (the cache exists), so they run
+    # without the CUDA -> CPU redirects (TP / PP communication buffers still need them)
+    alone = not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1
+    for step in range(max_new_tokens):
+        with cpu_compat.suspended() if step and kv_cache and alone else contextlib.nullcontext():
+            logits = lm.forward(step_ids, step_pos, keep, cache)
         chosen = next_tokens(logits[:, -1, :], lm.vocab_size, sampling, generator) if logits is not None else None
         chosen = lm.agree(chosen, b)
-        for row, token in enumerate(chosen.tolist()):
-            if running[row]:
-                running[row] = _extend(out[row], token, lm, stop, stop_at_eos)
-                if on_token is not None:
-                    on_token(row, out[row].token_ids)
-        if not any(running):
+        if not extend_completions(out, running, chosen.tolist(), lm.tokenizer, stop, stop_at_eos, on_token):
             break
         new = chosen.unsqueeze(1)
         new_pos = positions[:, -1:] + 1
         ids, positions = torch.cat([ids, new], 1), torch.cat([positions, new_pos], 1)
         keep = torch.cat([keep, torch.ones(b, 1, dtype=torch.bool, device=dev)], 1)
         step_ids, step_pos = (new, new_pos) if kv_cache else (ids, positions)
+    return finish_completions(out, lm.tokenizer)
+
+
+def extend_completions(out: list[Completion], running: list[bool], tokens: list[int], tokenizer,
+                       stop: Sequence[str], stop_at_eos: bool, on_token=None) -> bool:
+    """One decoding step: append each running row's token; a row stops at EOS or a stop string.
+    Returns whether any row is still running (shared by the GPT and T5 loops)."""
+    for row, token in enumerate(tokens):
+        if not running[row]:
+            continue
+        c = out[row]
+        c.token_ids.append(token)
+        if stop_at_eos and token == tokenizer.eos_id:
+            c.completion, c.finish_reason = tokenizer.decode(c.token_ids[:-1]), "eos"
+            running[row] = False
+        elif stop:
+            text, hit = cut_at_stop(tokenizer.decode(c.token_ids), stop)
+            if hit:
+                c.completion, c.finish_reason = text, "stop"
+                running[row] = False
+        if on_token is not None:
+            on_token(row, c.token_ids)
+    return any(running)
+
+
+def finish_completions(out: list[Completion], tokenizer) -> list[Completion]:
+    """The text of the rows that ran to the token limit (the others got theirs when they stopped)."""
     for c in out:
         if c.finish_reason == "length":
-            c.completion = lm.tokenizer.decode(c.token_ids)
+            c.completion = tokenizer.decode(c.token_ids)
     return out
-
-
-def _extend(c: Completion, token: int, lm: CausalLM, stop: Sequence[str], stop_at_eos: bool) -> bool:
-    """Append ``token`` to ``c``; False when the row is finished (EOS or a stop string)."""
-    c.token_ids.append(token)
-    if stop_at_eos and token == lm.tokenizer.eos_id:
-        c.completion, c.finish_reason = lm.tokenizer.decode(c.token_ids[:-1]), "eos"
-        return False
-    if stop:
-        text, hit = cut_at_stop(lm.tokenizer.decode(c.token_ids), stop)
-        if hit:
-            c.completion, c.finish_reason = text, "stop"
-            return False
-    return True

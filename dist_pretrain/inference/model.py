@@ -23,11 +23,7 @@ from megatron.core import parallel_state
 from megatron.core.inference.contexts import StaticInferenceContext
 
 from dist_pretrain.config import Config
-from dist_pretrain.errors import UserError
-
-
-class InferenceError(UserError, ValueError):
-    """A model, tokenizer or request that inference cannot serve (the message says which value)."""
+from dist_pretrain.errors import InferenceError, UserError
 
 
 @dataclass
@@ -44,6 +40,7 @@ class CausalLM:
     # and the export have them, or the original vocab of an imported model (its export drops the
     # zero rows the import padded with)
     softmax_rows: int | None = None
+    hidden_dtype: torch.dtype = torch.float32  # what pipeline stages pass on (bf16 in a bf16 training run)
 
     @property
     def max_positions(self) -> int:
@@ -67,9 +64,9 @@ class CausalLM:
         position) and the cache advances by ``s``; without, every position's logits."""
         b, s = ids.shape
         # megatron's convention: True = masked; the causal part is added by the core attention
-        mask = ~keep[:, None, None, :]
+        mask = None if bool(keep.all()) else ~keep[:, None, None, :]  # no padding: SDPA's unmasked kernels
         if not parallel_state.is_pipeline_first_stage():
-            hidden = torch.empty(s, b, self.cfg.model.hidden_size, dtype=torch.float32, device=self.device)
+            hidden = torch.empty(s, b, self.cfg.model.hidden_size, dtype=self.hidden_dtype, device=self.device)
             torch.distributed.recv(hidden, src=parallel_state.get_pipeline_model_parallel_prev_rank())
             self.chunk.set_input_tensor(hidden)
         out = self.chunk(ids, positions, mask, inference_context=cache, runtime_gather_output=True)
@@ -82,28 +79,41 @@ class CausalLM:
 
     def agree(self, tokens: torch.Tensor | None, batch: int) -> torch.Tensor:
         """The ids chosen on the first rank of the last stage, on every rank."""
-        if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
-            return tokens
-        if tokens is None:
-            tokens = torch.empty(batch, dtype=torch.long, device=self.device)
-        torch.distributed.broadcast(tokens, src=_chooser_rank())
+        return agree_tokens(tokens, batch, self.device)
+
+
+def agree_tokens(tokens: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+    """``tokens`` [batch] as chosen on the first TP rank of this replica's last pipeline stage, on
+    every rank of the replica (the others pass None): one choice, so a sampled token cannot
+    differ between ranks. Data-parallel replicas (``evaluate``) choose independently."""
+    if not torch.distributed.is_initialized():
         return tokens
+    group = parallel_state.get_model_parallel_group()
+    if torch.distributed.get_world_size(group) == 1:
+        return tokens
+    if tokens is None:
+        tokens = torch.empty(batch, dtype=torch.long, device=device)
+    torch.distributed.broadcast(tokens, src=chooser_rank(), group=group)
+    return tokens
 
 
-def _chooser_rank() -> int:
-    """Global rank of the last pipeline stage's first TP rank of data-parallel replica 0."""
+def chooser_rank() -> int:
+    """Global rank of the last pipeline stage's first TP rank in this model replica."""
+    ranks = sorted(torch.distributed.get_process_group_ranks(parallel_state.get_model_parallel_group()))
+    # megatron orders ranks tp-dp-pp (TP fastest): within a replica, stage by stage, TP rank 0 first
     last_stage = parallel_state.get_pipeline_model_parallel_world_size() - 1
-    # megatron orders ranks tp-dp-pp (TP fastest): replica 0, TP rank 0 of the last stage
-    return last_stage * (torch.distributed.get_world_size() // parallel_state.get_pipeline_model_parallel_world_size())
+    return ranks[last_stage * parallel_state.get_tensor_model_parallel_world_size()]
 
 
 def checkpoint_tokenizer(cfg: Config, directory: Path, name: str | None = None):
-    """Our tokenizer for a checkpoint: ``name``, else ``tokenizer.json`` in ``directory``, else the
+    """Our tokenizer for a checkpoint: ``name``, else ``tokenizer.json`` (or a SentencePiece
+    ``spiece.model``) in ``directory``, else the
     training data's (its manifest); InferenceError when none can be found."""
     from dist_pretrain.data.tokenizer import load_tokenizer
 
-    if name is None and (directory / "tokenizer.json").is_file():
-        name = str(directory / "tokenizer.json")
+    for candidate in ("tokenizer.json", "spiece.model"):  # an import's (or an export's) tokenizer
+        if name is None and (directory / candidate).is_file():
+            name = str(directory / candidate)
     if name is None and not cfg.data.synthetic and cfg.data.sources():
         from dist_pretrain.data.manifest import read_manifest
 
@@ -121,9 +131,10 @@ def checkpoint_tokenizer(cfg: Config, directory: Path, name: str | None = None):
         raise InferenceError(str(err)) from None
 
 
-def load_causal_lm(src: str | Path, tokenizer: str | None = None, tensor: int = 1, pipeline: int = 1,
-                   device: str | None = None) -> CausalLM:
-    """The GPT of ``src`` on this rank at TP = ``tensor``, PP = ``pipeline`` (both 1: one process)."""
+def load_model_chunk(src: str | Path, tensor: int = 1, pipeline: int = 1,
+                     device: str | None = None) -> tuple[Config, Path, dict, torch.nn.Module, int]:
+    """``(config, checkpoint directory, meta, this rank's model chunk in eval mode, embedding rows)``
+    of ``src`` at TP = ``tensor``, PP = ``pipeline`` (both 1: one process), any family."""
     from dist_pretrain.models.load import (
         build_model,
         checkpoint_meta,
@@ -137,9 +148,6 @@ def load_causal_lm(src: str | Path, tokenizer: str | None = None, tensor: int = 
     directory = resolve_checkpoint(src)
     meta = checkpoint_meta(directory)
     cfg = Config.model_validate(meta["config"])
-    if cfg.family != "gpt":
-        raise InferenceError(f"{directory}: generation for family={cfg.family} is not implemented yet "
-                             "(GPT only)")
     world = world_size_from_env()
     if world % (tensor * pipeline):
         raise InferenceError(f"--tensor {tensor} x --pipeline {pipeline} does not divide the {world} processes; "
@@ -157,8 +165,39 @@ def load_causal_lm(src: str | Path, tokenizer: str | None = None, tensor: int = 
     chunks = build_model(cfg, rows)
     load_weights(chunks, directory)
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    chunk = chunks[0].to(target).eval()
+    return cfg, directory, meta, chunks[0].to(target).eval(), rows
+
+
+def known_vocab(meta: dict, cfg: Config, tokenizer, rows: int) -> int:
+    """Ids that can be generated: the smallest of the embedding rows, the HF vocab of an imported
+    model, the configured vocab and the tokenizer's (padded rows above it decode to nothing)."""
+    known = [n for n in (meta.get("hf", {}).get("vocab_size"), cfg.model.vocab_size, tokenizer.vocab_size) if n]
+    return min([rows, *known])
+
+
+def load_causal_lm(src: str | Path, tokenizer: str | None = None, tensor: int = 1, pipeline: int = 1,
+                   device: str | None = None) -> CausalLM:
+    """The GPT of ``src`` on this rank at TP = ``tensor``, PP = ``pipeline`` (both 1: one process)."""
+    from dist_pretrain.models.load import checkpoint_meta, resolve_checkpoint
+
+    family = Config.model_validate(checkpoint_meta(resolve_checkpoint(src))["config"]).family
+    if family != "gpt":
+        hint = " (an encoder-decoder: use load_seq2seq_lm, or load_lm for either)" if family == "t5" else ""
+        raise InferenceError(f"{src}: family={family} is not a decoder-only model{hint}")
+    cfg, directory, meta, chunk, rows = load_model_chunk(src, tensor, pipeline, device)
     tok = checkpoint_tokenizer(cfg, directory, tokenizer)
-    known = [n for n in (meta.get("hf", {}).get("vocab_size"), cfg.model.vocab_size, tok.vocab_size) if n]
-    return CausalLM(cfg=cfg, chunk=chunk, tokenizer=tok, vocab_size=min([rows, *known]), device=target,
-                    source=str(directory), softmax_rows=int(meta.get("hf", {}).get("vocab_size") or rows))
+    return CausalLM(cfg=cfg, chunk=chunk, tokenizer=tok, vocab_size=known_vocab(meta, cfg, tok, rows),
+                    device=next(chunk.parameters()).device, source=str(directory),
+                    softmax_rows=int(meta.get("hf", {}).get("vocab_size") or rows))
+
+
+def load_lm(src: str | Path, tokenizer: str | None = None, tensor: int = 1, pipeline: int = 1,
+            device: str | None = None):
+    """The model of ``src`` ready for ``generate``: a ``CausalLM`` (GPT) or a ``Seq2SeqLM`` (T5)."""
+    from dist_pretrain.models.load import checkpoint_meta, resolve_checkpoint
+
+    if Config.model_validate(checkpoint_meta(resolve_checkpoint(src))["config"]).family == "t5":
+        from dist_pretrain.inference.seq2seq import load_seq2seq_lm
+
+        return load_seq2seq_lm(src, tokenizer, tensor, pipeline, device)
+    return load_causal_lm(src, tokenizer, tensor, pipeline, device)

@@ -73,8 +73,11 @@ def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
 
 def next_tokens(logits: torch.Tensor, vocab_size: int, params: SamplingParams,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """One id per row of ``logits`` [batch, padded vocab], below ``vocab_size``."""
-    logits = mask_padded_vocab(logits.float(), vocab_size)
+    """One id per row of ``logits`` [batch, padded vocab], below ``vocab_size``. The padded
+    columns are cut off (a view, not a masked copy: this runs once per decode step)."""
+    if vocab_size > logits.shape[-1]:
+        raise ValueError(f"vocab_size {vocab_size} is larger than the logits' last dimension {logits.shape[-1]}")
+    logits = logits[..., :vocab_size].float()
     if params.is_greedy:
         return logits.argmax(dim=-1)
     logits = filter_top_p(filter_top_k(logits / params.temperature, params.top_k), params.top_p)

@@ -31,20 +31,29 @@ class ExportError(RuntimeError):
 
 def architecture_for(cfg: Config):
     """The HF architecture module for ``cfg`` (``interop.gpt2``, ...), or ExportError saying why not."""
-    from dist_pretrain.interop import gpt2, llama, t5
+    from dist_pretrain.interop import gpt2, llama, megatron_bert, t5
 
     if cfg.family == "gpt":
         arch = gpt2 if cfg.model.position_embedding == "learned" else llama
+    elif cfg.family == "bert":
+        arch = megatron_bert
     elif cfg.family == "t5":
         arch = t5
     else:
         raise ExportError(f"export of family={cfg.family} is not implemented yet; GPT exports to "
-                          "GPT2LMHeadModel (learned positions) or LlamaForCausalLM (rotary positions), "
-                          "T5 v1.1-style to T5ForConditionalGeneration")
+                          "GPT2LMHeadModel (learned positions) or LlamaForCausalLM (rotary positions), BERT to "
+                          "MegatronBertForMaskedLM / MegatronBertForPreTraining, T5 v1.1-style to "
+                          "T5ForConditionalGeneration")
     reason = arch.unsupported(cfg)
     if reason:
         raise ExportError(f"cannot export to {arch.model_type}: {reason}")
     return arch
+
+
+def hf_auto_class(arch, config) -> str:
+    """The transformers Auto class for ``arch``; an architecture whose HF class depends on the
+    model (BERT with or without its NSP head) picks it from ``config`` (ours or the HF one)."""
+    return arch.auto_class(config) if callable(arch.auto_class) else arch.auto_class
 
 
 def exported_vocab(meta: dict, rows: int) -> int:
@@ -73,7 +82,11 @@ def hf_tokenizer(cfg: Config, name: str | None, directory: Path):
         return tok, sentencepiece_for_hf(tok)
     specials = {f"{role}_token": tok.tokenizer.id_to_token(i) for role, i in tok.special_ids.items()
                 if role in ("eos", "bos", "pad", "unk", "cls", "sep", "mask")}
-    return tok, PreTrainedTokenizerFast(tokenizer_object=tok.tokenizer, **specials)
+    extra = {}
+    if cfg.family == "bert":  # sentence pairs: tokenizer(a, b) gives the token types the model was trained with
+        extra = {"model_input_names": ["input_ids", "token_type_ids", "attention_mask"],
+                 "model_max_length": cfg.model.max_positions}
+    return tok, PreTrainedTokenizerFast(tokenizer_object=tok.tokenizer, **specials, **extra)
 
 
 def sentencepiece_for_hf(tok):
@@ -131,7 +144,11 @@ def export(src: str | Path, output: str | Path, tokenizer: str | None = None, to
 
 def check_inputs(cfg: Config, tokenizer, vocab: int, sequences: int, hf_config):
     """Real token sequences for the check: ``[sequences, seq_length]``, or for T5 (encoder input,
-    decoder input starting with the decoder start id)."""
+    decoder input starting with the decoder start id), or for BERT a dict of masked sentence pairs."""
+    if cfg.family == "bert":  # masked sentence pairs, token types, padding
+        from dist_pretrain.interop.megatron_bert import check_inputs as bert_inputs
+
+        return bert_inputs(tokenizer, vocab, cfg, sequences)
     if cfg.family == "t5":
         from dist_pretrain.models.t5 import decoder_length
 
@@ -155,13 +172,15 @@ def export_model(cfg: Config, chunks: list[torch.nn.Module], output: Path, meta:
     if tokenizer is not None and tokenizer[0].vocab_size > vocab:
         raise ExportError(f"tokenizer {tokenizer[0].name} has {tokenizer[0].vocab_size} tokens, the model only "
                           f"{vocab}")
-    auto = getattr(transformers, arch.auto_class)
+    auto = getattr(transformers, hf_auto_class(arch, cfg))
     if cfg.family == "t5":  # pad / EOS / decoder-start ids: those of an imported model, else the tokenizer's
         imported = {k: v for k, v in (meta or {}).get("hf", {}).get("special_ids", {}).items() if v is not None}
         special = imported or (tokenizer[0].special_ids if tokenizer is not None else None)
         hf_config = arch.hf_config(cfg, vocab, special)
     else:
         hf_config = arch.hf_config(cfg, vocab)
+    if cfg.family == "bert" and tokenizer is not None and "pad" in tokenizer[0].special_ids:
+        hf_config.pad_token_id = tokenizer[0].special_ids["pad"]
     model = auto.from_config(hf_config, dtype=torch.float32)
     if hasattr(arch, "prepare_hf_model"):
         arch.prepare_hf_model(model)
@@ -178,7 +197,10 @@ def export_model(cfg: Config, chunks: list[torch.nn.Module], output: Path, meta:
         reloaded = auto.from_pretrained(tmp, dtype=torch.float32)
         ids = check_inputs(cfg, tokenizer[0] if tokenizer else None, vocab, sequences, hf_config)
         result = compare_logits(arch, chunks[0], reloaded, ids, cfg)
-        tokens = sum(int(t.numel()) for t in ids) if isinstance(ids, tuple) else int(ids.numel())
+        if isinstance(ids, dict):  # BERT: the real (unpadded) tokens
+            tokens = int(ids["padding_mask"].sum())
+        else:
+            tokens = sum(int(t.numel()) for t in ids) if isinstance(ids, tuple) else int(ids.numel())
         result.update(architecture=type(reloaded).__name__, vocab=vocab, tokens=tokens)
         if result["max_abs_diff"] > tolerance or result["top1_agreement"] < min_top1:
             raise ExportError(f"exported {result['architecture']} disagrees with the checkpoint: max |dlogit| "
@@ -208,5 +230,6 @@ def main(argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"exported {r['architecture']} (vocab {r['vocab']}) to {args.output}; checked on {r['tokens']} tokens: "
-          f"max |dlogit| {r['max_abs_diff']:.2e}, top-1 agreement {r['top1_agreement']:.4f}")
+          f"max |dlogit| {r['max_abs_diff']:.2e}, top-1 agreement {r['top1_agreement']:.4f}"
+          + (f" (NSP head: max |dlogit| {r['nsp_max_abs_diff']:.2e})" if "nsp_max_abs_diff" in r else ""))
     return 0

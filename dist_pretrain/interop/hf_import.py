@@ -24,10 +24,12 @@ import torch
 import yaml
 
 from dist_pretrain.config import Config, padded_vocab_size
+from dist_pretrain.interop.hf_export import hf_auto_class
 from dist_pretrain.interop.layout import pad_rows
 from dist_pretrain.interop.verify import compare_logits, seq2seq_sequences, token_sequences
 
-VOCAB_TABLES = ("embedding.word_embeddings.weight", "output_layer.weight", "lm_head.output_layer.weight")
+VOCAB_TABLES = ("embedding.word_embeddings.weight", "output_layer.weight", "output_layer.bias",
+                "lm_head.output_layer.weight")
 
 
 class HFImportError(RuntimeError):
@@ -35,15 +37,19 @@ class HFImportError(RuntimeError):
 
 
 def architecture_for_hf(model_type: str):
-    from dist_pretrain.interop import gpt2, llama, t5
+    from dist_pretrain.interop import gpt2, llama, megatron_bert, t5
 
-    known = {arch.model_type: arch for arch in (gpt2, llama, t5)}
+    known = {arch.model_type: arch for arch in (gpt2, llama, megatron_bert, t5)}
+    if model_type == "bert":
+        raise HFImportError("HF model_type 'bert' (BertForMaskedLM) is post-LN (a LayerNorm after each residual "
+                            "sum and on the embeddings); megatron-core's BertModel is pre-LN and cannot represent "
+                            "it. A pre-LN MegatronBert (model_type 'megatron-bert') can be imported")
     if model_type not in known:
         raise HFImportError(f"HF model_type {model_type!r} cannot be imported; supported: {', '.join(known)}")
     return known[model_type]
 
 
-def write_weights_checkpoint(chunks, cfg: Config, output: Path, extra_meta: dict) -> None:
+def write_weights_checkpoint(chunks, cfg: Config, output: Path, extra_meta: dict, sections: dict | None = None) -> None:
     """A weights-only checkpoint of a one-process model: the training format, no optimizer."""
     from megatron.core import dist_checkpointing
 
@@ -59,7 +65,8 @@ def write_weights_checkpoint(chunks, cfg: Config, output: Path, extra_meta: dict
                                                   "rng": [], "weights_only": True, **extra_meta}))
     (output / "config.yaml").write_text(
         "# imported; train from it with checkpoint.init_from=<this directory> and data.path=...\n"
-        + yaml.safe_dump({"family": cfg.family, "model": cfg.model.model_dump(exclude_none=True)}, sort_keys=False))
+        + yaml.safe_dump({"family": cfg.family, "model": cfg.model.model_dump(exclude_none=True), **(sections or {})},
+                         sort_keys=False))
     files = {str(p.relative_to(output)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
              for p in sorted(output.rglob("*")) if p.is_file()}
     (output / "manifest.json").write_text(json.dumps({"step": 0, "files": files}, indent=1))
@@ -77,13 +84,15 @@ def import_hf(hf_dir: str | Path, output: str | Path, tolerance: float = 1e-3) -
         raise HFImportError(f"--output {output} exists and is not empty; choose a new directory")
     hf_cfg = transformers.AutoConfig.from_pretrained(hf_dir)
     arch = architecture_for_hf(hf_cfg.model_type)
-    model = getattr(transformers, arch.auto_class).from_pretrained(hf_dir, dtype=torch.float32)
     try:
+        auto = hf_auto_class(arch, hf_cfg)
         keys = arch.model_keys(hf_cfg)
+        sections = arch.config_sections(hf_cfg) if hasattr(arch, "config_sections") else {}
     except ValueError as err:
         raise HFImportError(f"{hf_dir}: {err}") from None
-    cfg = Config.model_validate({"family": "gpt" if arch.model_type in ("gpt2", "llama") else arch.model_type,
-                                 "model": keys})
+    model = getattr(transformers, auto).from_pretrained(hf_dir, dtype=torch.float32)
+    family = getattr(arch, "family", "gpt" if arch.model_type in ("gpt2", "llama") else arch.model_type)
+    cfg = Config.model_validate({"family": family, "model": keys, **sections})
     reason = arch.unsupported(cfg)
     if reason:
         raise HFImportError(f"{hf_dir}: {reason}")
@@ -95,7 +104,11 @@ def import_hf(hf_dir: str | Path, output: str | Path, tolerance: float = 1e-3) -
     chunks = build_model(cfg, rows)
     load_weights(chunks, weights)  # every name and shape checked
     tokenizer = load_tokenizer(str(hf_dir)) if (hf_dir / "tokenizer.json").is_file() else None
-    if cfg.family == "t5":
+    if hasattr(arch, "check_inputs"):
+        short = cfg.model_copy(update={"model": cfg.model.model_copy(
+            update={"seq_length": min(cfg.model.seq_length, 64)})})
+        ids = arch.check_inputs(tokenizer, vocab, short, 4)
+    elif cfg.family == "t5":
         ids = seq2seq_sequences(tokenizer, vocab, 64, 16, 4, cfg.seed, hf_cfg.decoder_start_token_id or 0)
     else:
         ids = token_sequences(tokenizer, vocab, min(cfg.model.seq_length, 64), 4, cfg.seed)
@@ -108,7 +121,8 @@ def import_hf(hf_dir: str | Path, output: str | Path, tolerance: float = 1e-3) -
     try:
         special = {role: getattr(hf_cfg, f"{role}_token_id", None) for role in ("pad", "eos", "decoder_start")}
         write_weights_checkpoint(chunks, cfg, tmp, {"hf": {"model_type": hf_cfg.model_type, "vocab_size": vocab,
-                                                           "source": str(hf_dir), "special_ids": special}})
+                                                           "source": str(hf_dir), "special_ids": special}},
+                                 sections)
         if tokenizer is not None:
             shutil.copy(hf_dir / "tokenizer.json", tmp / "tokenizer.json")
         if output.exists():
@@ -132,7 +146,8 @@ def main(argv: list[str]) -> int:
     except (HFImportError, WeightsError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    nsp = f" (NSP head: max |dlogit| {r['nsp_max_abs_diff']:.2e})" if "nsp_max_abs_diff" in r else ""
     print(f"imported {r['architecture']} (vocab {r['vocab']}, padded to {r['padded_vocab']}) to {args.output}; "
-          f"max |dlogit| {r['max_abs_diff']:.2e}, top-1 agreement {r['top1_agreement']:.4f}; train from it with "
+          f"max |dlogit| {r['max_abs_diff']:.2e}, top-1 agreement {r['top1_agreement']:.4f}{nsp}; train from it with "
           f"checkpoint.init_from={args.output}")
     return 0

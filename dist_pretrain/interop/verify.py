@@ -69,12 +69,26 @@ def hf_logits(model, ids, cfg: Config) -> torch.Tensor:
     raise NotImplementedError(f"logit check for family={cfg.family} is not implemented yet")
 
 
-def compare_logits(arch, chunk: torch.nn.Module, model, ids: torch.Tensor, cfg: Config) -> dict:
-    """Max |difference| of the exported rows' logits and the share of positions whose argmax agrees."""
+def compare_logits(arch, chunk: torch.nn.Module, model, ids, cfg: Config) -> dict:
+    """Max |difference| of the exported rows' logits and the share of positions whose argmax agrees.
+
+    ``ids``: token ids [b, s], or the input dict of an architecture with its own inputs
+    (``arch.check_inputs``, BERT: token types and a padding mask; only real tokens are
+    compared there, and its NSP logits count towards ``max_abs_diff`` too)."""
     chunk.eval()
     model.eval()
-    theirs = hf_logits(model, ids, cfg).float()
-    ours = our_logits(chunk, ids, cfg).float()[..., :theirs.shape[-1]]
-    return {"max_abs_diff": float((ours - theirs).abs().max()),
+    extra = {}
+    if isinstance(ids, dict):
+        (theirs, theirs_nsp), (ours, ours_nsp) = arch.hf_outputs(model, ids), arch.our_outputs(chunk, ids)
+        keep = ids["padding_mask"].bool()
+        theirs, ours = theirs.float()[keep], ours.float()[keep]
+        if theirs_nsp is not None:
+            extra["nsp_max_abs_diff"] = float((ours_nsp.float() - theirs_nsp.float()).abs().max())
+    else:
+        theirs = hf_logits(model, ids, cfg).float()
+        ours = our_logits(chunk, ids, cfg).float()
+    ours = ours[..., :theirs.shape[-1]]
+    lm_diff = float((ours - theirs).abs().max())
+    return {"max_abs_diff": max(lm_diff, extra.get("nsp_max_abs_diff", 0.0)), "lm_max_abs_diff": lm_diff,
             "max_abs_logit": float(theirs.abs().max()),
-            "top1_agreement": float((ours.argmax(-1) == theirs.argmax(-1)).float().mean())}
+            "top1_agreement": float((ours.argmax(-1) == theirs.argmax(-1)).float().mean()), **extra}
