@@ -180,7 +180,8 @@ print("loads", type(clf).__name__, tuple(clf(**enc).logits.shape))
 to_hf = megatron_bert.to_hf
 def swapped_labels(weights, cfg, vocab):  # class rows in another order
     out = to_hf(weights, cfg, vocab)
-    out["classifier.weight"], out["classifier.bias"] = out["classifier.weight"].roll(1, 0), out["classifier.bias"].roll(1, 0)
+    for key in ("classifier.weight", "classifier.bias"):
+        out[key] = out[key].roll(1, 0)
     return out
 megatron_bert.to_hf = swapped_labels
 try:
