@@ -131,3 +131,85 @@ def test_oracle_bert_one_step_at_tp2xpp2_zero2_matches_transformers(tmp_path):
     assert max(result["weight_rel_dev"].values()) <= 1e-5, result["weight_rel_dev"]
     assert len(result["weight_rel_dev"]) == 78, sorted(result["weight_rel_dev"])  # MLM + pooler + NSP: all of it
     assert "exported MegatronBertForPreTraining" in result["export"] and "top-1 agreement 1.0000" in result["export"]
+
+
+CLASSIFIER = r'''
+import json, sys
+from pathlib import Path
+import torch
+from safetensors.torch import load_file
+from transformers import (AutoModelForSequenceClassification, AutoTokenizer, MegatronBertConfig,
+                          MegatronBertForSequenceClassification, PreTrainedTokenizerFast)
+from dist_pretrain.data.tokenizer import load_tokenizer
+from dist_pretrain.interop import hf_export, megatron_bert
+from dist_pretrain.interop.hf_export import ExportError, export
+from dist_pretrain.interop.hf_import import import_hf
+
+tmp = Path(sys.argv[1])
+torch.manual_seed(0)
+config = MegatronBertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=96,
+                            vocab_size=30522, max_position_embeddings=32, initializer_range=0.2,
+                            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=3,
+                            id2label={0: "negative", 1: "neutral", 2: "positive"},
+                            label2id={"negative": 0, "neutral": 1, "positive": 2})
+model = MegatronBertForSequenceClassification(config)
+with torch.no_grad():
+    for name, p in model.named_parameters():
+        if p.dim() == 1:
+            p.normal_(0.0, 0.2)
+model.save_pretrained(tmp / "hf")
+tok = load_tokenizer("bert")
+PreTrainedTokenizerFast(tokenizer_object=tok.tokenizer, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                        sep_token="[SEP]", mask_token="[MASK]").save_pretrained(tmp / "hf")
+r = import_hf(tmp / "hf", tmp / "ours")
+print("imported", r["architecture"], r["max_abs_diff"], r["top1_agreement"])
+task = json.loads((tmp / "ours" / "meta.json").read_text())["config"]["task"]
+print("task", task["name"], task["labels"])
+hf_export.main([str(tmp / "ours"), "--output", str(tmp / "back")])  # prints the check
+a, b = load_file(tmp / "hf" / "model.safetensors"), load_file(tmp / "back" / "model.safetensors")
+assert sorted(a) == sorted(b), (sorted(a), sorted(b))
+bad = [k for k in a if not torch.equal(a[k], b[k])]
+print("bit-identical", len(a), "tensors" if not bad else f"NOT: {bad}")
+back = json.loads((tmp / "back" / "config.json").read_text())
+print("config", back["architectures"], back["id2label"], back["problem_type"])
+tokenizer = AutoTokenizer.from_pretrained(tmp / "back")
+enc = tokenizer(["A fine film.", "Dull."], ["It is long.", None][:1] * 2, padding=True, return_tensors="pt")
+clf = AutoModelForSequenceClassification.from_pretrained(tmp / "back")
+print("loads", type(clf).__name__, tuple(clf(**enc).logits.shape))
+
+to_hf = megatron_bert.to_hf
+def swapped_labels(weights, cfg, vocab):  # class rows in another order
+    out = to_hf(weights, cfg, vocab)
+    for key in ("classifier.weight", "classifier.bias"):
+        out[key] = out[key].roll(1, 0)
+    return out
+megatron_bert.to_hf = swapped_labels
+try:
+    export(tmp / "ours", tmp / "wrong")
+    raise SystemExit("swapped labels were not caught")
+except ExportError as err:
+    print("refused:", err)
+print("written", (tmp / "wrong").exists(), sorted(p.name for p in tmp.iterdir() if "tmp-export" in p.name))
+'''
+
+
+def test_megatron_bert_classifier_export_import_round_trip(tmp_path):
+    """A fine-tuned classifier <-> MegatronBertForSequenceClassification: labels, pairs with
+    token types and padding in the logit check, bit-identical round trip, a swapped label
+    order caught at export."""
+    proc = subprocess.run([sys.executable, "-c", CLASSIFIER, str(tmp_path)], env=ENV, capture_output=True, text=True,
+                          timeout=600, check=False)
+    out = proc.stdout
+    assert proc.returncode == 0, f"{out[-3000:]}\n{proc.stderr[-5000:]}"
+    print(out)
+    line = next(x for x in out.splitlines() if x.startswith("imported"))
+    assert line.split()[1] == "MegatronBertForSequenceClassification" and float(line.split()[2]) < 1e-4, line
+    assert "task classification ['negative', 'neutral', 'positive']" in out
+    line = next(x for x in out.splitlines() if x.startswith("exported MegatronBertForSequenceClassification"))
+    assert "checked on 4 sequences" in line and "argmax agreement 1.0000" in line, line
+    assert float(line.split("max |dlogit| ")[1].split(",")[0]) < 1e-4, line
+    assert "bit-identical 41 tensors" in out, out
+    assert ("config ['MegatronBertForSequenceClassification'] {'0': 'negative', '1': 'neutral', '2': 'positive'} "
+            "single_label_classification") in out
+    assert "loads MegatronBertForSequenceClassification (2, 3)" in out
+    assert "refused:" in out and "disagrees with the checkpoint" in out and "written False []" in out

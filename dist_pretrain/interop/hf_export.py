@@ -201,7 +201,8 @@ def export_model(cfg: Config, chunks: list[torch.nn.Module], output: Path, meta:
             tokens = int(ids["padding_mask"].sum())
         else:
             tokens = sum(int(t.numel()) for t in ids) if isinstance(ids, tuple) else int(ids.numel())
-        result.update(architecture=type(reloaded).__name__, vocab=vocab, tokens=tokens)
+        result.update(architecture=type(reloaded).__name__, vocab=vocab, tokens=tokens,
+                      sequences=len(ids["tokens"]) if isinstance(ids, dict) else None)
         if result["max_abs_diff"] > tolerance or result["top1_agreement"] < min_top1:
             raise ExportError(f"exported {result['architecture']} disagrees with the checkpoint: max |dlogit| "
                               f"{result['max_abs_diff']:.3g} (tolerance {tolerance:g}), top-1 agreement "
@@ -229,6 +230,11 @@ def main(argv: list[str]) -> int:
     except (ExportError, CheckpointError, WeightsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    if r["architecture"].endswith("ForSequenceClassification"):  # one logit row per sequence
+        print(f"exported {r['architecture']} (vocab {r['vocab']}) to {args.output}; checked on {r['sequences']} "
+              f"sequences ({r['tokens']} tokens, pairs and padding): max |dlogit| {r['max_abs_diff']:.2e}, argmax "
+              f"agreement {r['top1_agreement']:.4f}")
+        return 0
     print(f"exported {r['architecture']} (vocab {r['vocab']}) to {args.output}; checked on {r['tokens']} tokens: "
           f"max |dlogit| {r['max_abs_diff']:.2e}, top-1 agreement {r['top1_agreement']:.4f}"
           + (f" (NSP head: max |dlogit| {r['nsp_max_abs_diff']:.2e})" if "nsp_max_abs_diff" in r else ""))

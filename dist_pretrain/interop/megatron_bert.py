@@ -20,7 +20,13 @@ exports as ``MegatronBertForMaskedLM``.
 
 ``encoder_to_hf`` / ``encoder_from_hf`` map the embeddings, the layers, the final LayerNorm
 and (when present) the pooler under a prefix; the heads are mapped separately so that
-other heads (sequence classification, ...) compose with the same encoder map.
+other heads compose with the same encoder map.
+
+A fine-tuned classifier (``task.name=classification``, ``models.bert.BertClassifier``:
+pooler dense + tanh on ``[CLS]``, dropout, linear to the labels) is exactly
+``MegatronBertForSequenceClassification`` (``bert.pooler`` -> dropout -> ``classifier``). The
+label names (``task.labels``) become ``id2label`` / ``label2id``; HF has no classifier
+dropout of its own (it reuses ``hidden_dropout_prob``), which only matters when training.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ model_type = "megatron-bert"
 family = "bert"
 LAYERS = "encoder.layers."
 PREFIX = "bert."  # the encoder inside every MegatronBertFor* model
-CLASSES = {"MegatronBertForMaskedLM": "AutoModelForMaskedLM", "MegatronBertForPreTraining": "AutoModelForPreTraining"}
+CLASSES = {"MegatronBertForMaskedLM": "AutoModelForMaskedLM", "MegatronBertForPreTraining": "AutoModelForPreTraining",
+           "MegatronBertForSequenceClassification": "AutoModelForSequenceClassification"}
 
 # ours (per layer, after "encoder.layers.") -> HF (after "encoder.layer.{i}.")
 LAYER_MAP = [
@@ -67,6 +74,7 @@ MLM_MAP = [
     ("lm_head.layer_norm.bias", "cls.predictions.transform.LayerNorm.bias"),
 ]
 NSP_MAP = [("binary_head.weight", "cls.seq_relationship.weight"), ("binary_head.bias", "cls.seq_relationship.bias")]
+CLASSIFIER_MAP = [("classifier.weight", "classifier.weight"), ("classifier.bias", "classifier.bias")]
 
 
 def unsupported(cfg: Config) -> str | None:
@@ -74,8 +82,10 @@ def unsupported(cfg: Config) -> str | None:
     m = cfg.model
     if cfg.family != "bert":
         return f"family {cfg.family} is not a BERT"
-    if cfg.task.name != "masked_lm":  # a fine-tuned head maps with encoder_to_hf plus its own head map
-        return f"task.name={cfg.task.name}: only the pretraining heads (masked LM, NSP) are mapped here"
+    if cfg.task.name not in ("masked_lm", "classification"):
+        return f"task.name={cfg.task.name}: mapped are masked LM (+ NSP) and sequence classification"
+    if cfg.task.name == "classification" and not cfg.task.labels:
+        return "task.name=classification without task.labels: the label names give num_labels and id2label"
     if m.activation != "gelu":
         return (f"MegatronBert has one hidden_act for the MLP and the MLM head, whose megatron GELU is erf "
                 f"(model.activation=gelu, not {m.activation})")
@@ -89,12 +99,14 @@ def unsupported(cfg: Config) -> str | None:
 def auto_class(config) -> str:
     """The transformers Auto class of a model with ``config`` (ours or a MegatronBertConfig)."""
     if isinstance(config, Config):
+        if config.task.name == "classification":
+            return CLASSES["MegatronBertForSequenceClassification"]
         return CLASSES["MegatronBertForPreTraining" if config.task.next_sentence_prediction
                        else "MegatronBertForMaskedLM"]
     archs = list(config.architectures or [])
     if len(archs) != 1 or archs[0] not in CLASSES:
-        raise ValueError(f"architectures={archs}: importable are {', '.join(CLASSES)} (a fine-tuned head has no "
-                         "counterpart in our pretraining model)")
+        raise ValueError(f"architectures={archs}: importable are {', '.join(CLASSES)} (other heads have no "
+                         "counterpart in our BERT)")
     return CLASSES[archs[0]]
 
 
@@ -106,8 +118,12 @@ def _heads(cfg: Config) -> Heads:
 def hf_config(cfg: Config, vocab: int, pad_token_id: int = 0):
     from transformers import MegatronBertConfig
 
-    m = cfg.model
-    return MegatronBertConfig(
+    m, labels = cfg.model, {}
+    if cfg.task.name == "classification":
+        names = list(cfg.task.labels)
+        labels = {"num_labels": len(names), "id2label": dict(enumerate(names)),
+                  "label2id": {n: i for i, n in enumerate(names)}, "problem_type": "single_label_classification"}
+    return MegatronBertConfig(**labels,
         vocab_size=vocab, hidden_size=m.hidden_size, num_hidden_layers=m.num_layers,
         num_attention_heads=m.num_attention_heads, intermediate_size=m.ffn, hidden_act="gelu",
         hidden_dropout_prob=m.hidden_dropout, attention_probs_dropout_prob=m.attention_dropout,
@@ -153,8 +169,12 @@ def encoder_from_hf(state: dict[str, torch.Tensor], cfg: Config, prefix: str = P
 
 def to_hf(weights: dict[str, torch.Tensor], cfg: Config, vocab: int) -> dict[str, torch.Tensor]:
     """Our global weights -> a MegatronBertForMaskedLM (or, with the binary head,
-    MegatronBertForPreTraining) state dict with ``vocab`` rows."""
+    MegatronBertForPreTraining; or, for a classifier, MegatronBertForSequenceClassification)
+    state dict with ``vocab`` rows."""
     out = encoder_to_hf(weights, cfg, vocab)
+    if cfg.task.name == "classification":
+        out.update({theirs: weights[ours] for ours, theirs in CLASSIFIER_MAP})
+        return {k: v.contiguous() for k, v in out.items()}
     heads = MLM_MAP + (NSP_MAP if "binary_head.weight" in weights else [])
     out.update({theirs: weights[ours] for ours, theirs in heads})
     bias = weights["output_layer.bias"][:vocab]
@@ -164,8 +184,11 @@ def to_hf(weights: dict[str, torch.Tensor], cfg: Config, vocab: int) -> dict[str
 
 
 def from_hf(state: dict[str, torch.Tensor], hf, cfg: Config) -> dict[str, torch.Tensor]:
-    """A MegatronBertForMaskedLM / ForPreTraining state dict -> our global weights."""
+    """A MegatronBertForMaskedLM / ForPreTraining / ForSequenceClassification state dict -> our global weights."""
     out = encoder_from_hf(state, cfg)
+    if cfg.task.name == "classification":
+        out.update({ours: state[theirs] for ours, theirs in CLASSIFIER_MAP})
+        return {k: v.contiguous() for k, v in out.items()}
     heads = MLM_MAP + (NSP_MAP if cfg.task.next_sentence_prediction else [])
     out.update({ours: state[theirs] for ours, theirs in heads})
     out["output_layer.bias"] = state["cls.predictions.bias"]
@@ -196,8 +219,16 @@ def model_keys(hf) -> dict:
 
 
 def config_sections(hf) -> dict:
-    """Config sections besides ``model`` that the HF class implies: the NSP head."""
-    return {"task": {"next_sentence_prediction": auto_class(hf) == CLASSES["MegatronBertForPreTraining"]}}
+    """Config sections besides ``model`` that the HF class implies: the NSP head, or the
+    classification task with its label names in id order."""
+    auto = auto_class(hf)
+    if auto == CLASSES["MegatronBertForSequenceClassification"]:
+        if hf.problem_type not in (None, "single_label_classification") or hf.num_labels < 2:
+            raise ValueError(f"problem_type={hf.problem_type!r}, num_labels={hf.num_labels}: our classifier is "
+                             "single-label over 2 or more labels (softmax cross-entropy)")
+        return {"task": {"name": "classification", "labels": [str(hf.id2label[i]) for i in range(hf.num_labels)],
+                         "classifier_dropout": float(hf.hidden_dropout_prob)}}  # HF's classifier dropout
+    return {"task": {"next_sentence_prediction": auto == CLASSES["MegatronBertForPreTraining"]}}
 
 
 # --------------------------------------------------------------------------- the logit check
@@ -213,6 +244,8 @@ def check_inputs(tokenizer, vocab: int, cfg: Config, count: int = 4) -> dict[str
     from dist_pretrain.objectives.mlm import MLMConfig, bert_example
     from dist_pretrain.tasks.masked_lm import BERT_SPECIALS
 
+    if cfg.task.name == "classification":
+        return classification_inputs(tokenizer, vocab, cfg, count)
     length, rng = cfg.model.seq_length, np.random.default_rng(cfg.seed)
     mlm = MLMConfig(mask_prob=0.15, nsp=True)
     if tokenizer is not None:
@@ -236,9 +269,42 @@ def check_inputs(tokenizer, vocab: int, cfg: Config, count: int = 4) -> dict[str
     return {k: torch.from_numpy(np.stack(v)) for k, v in rows.items()}
 
 
+def classification_inputs(tokenizer, vocab: int, cfg: Config, count: int = 4) -> dict[str, torch.Tensor]:
+    """``count`` unmasked classifier inputs as fine-tuning builds them
+    (``tasks.classification.classification_example``) from real English: even ones
+    ``[CLS] a [SEP] b [SEP]`` pairs (token types 0 and 1), odd ones single sentences; every
+    other pair and every other single sentence is short and ends in padding."""
+    from dist_pretrain.data.labelled import fit_pair
+    from dist_pretrain.interop.verify import TEXTS
+    from dist_pretrain.tasks.classification import classification_example
+    from dist_pretrain.tasks.masked_lm import BERT_SPECIALS
+
+    length, rng = cfg.model.seq_length, np.random.default_rng(cfg.seed)
+    if tokenizer is not None:
+        specials = tokenizer.special_ids
+        docs = [tokenizer.encode_batch([t])[0] for t in TEXTS]
+    else:
+        specials = BERT_SPECIALS
+        docs = [rng.integers(110, vocab, size=length).tolist() for _ in TEXTS]
+    rows = {"tokens": [], "token_types": [], "padding_mask": []}
+    for i in range(count):
+        short = (i // 2) % 2 == 1
+        a, b = docs[i % len(docs)], (docs[(i + 1) % len(docs)] if i % 2 == 0 else [])
+        budget = (length if not short else max(5, length // 2)) - (3 if b else 2)
+        a, b = fit_pair(a, b, budget) if b else (a[:budget], [])
+        example = classification_example({"tokens": np.asarray(a), "pair": np.asarray(b, np.int64),
+                                          "label": np.zeros(1, np.int64)}, rng, seq_len=length, specials=specials)
+        for key in rows:
+            rows[key].append(example[key])
+    return {k: torch.from_numpy(np.stack(v)) for k, v in rows.items()}
+
+
 @torch.no_grad()
 def our_outputs(chunk: torch.nn.Module, inputs: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(MLM logits [b, s, V] with all padded rows, NSP logits [b, 2] or None) of our one-process model."""
+    """(MLM logits [b, s, V] with all padded rows, NSP logits [b, 2] or None) of our one-process
+    model; a classifier's (class logits [b, num_labels], None)."""
+    if hasattr(chunk, "classifier"):
+        return chunk(inputs["tokens"], inputs["padding_mask"], tokentype_ids=inputs["token_types"]), None
     return chunk(inputs["tokens"], inputs["padding_mask"], tokentype_ids=inputs["token_types"], lm_labels=None)
 
 

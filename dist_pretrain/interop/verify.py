@@ -80,8 +80,9 @@ def compare_logits(arch, chunk: torch.nn.Module, model, ids, cfg: Config) -> dic
     extra = {}
     if isinstance(ids, dict):
         (theirs, theirs_nsp), (ours, ours_nsp) = arch.hf_outputs(model, ids), arch.our_outputs(chunk, ids)
-        keep = ids["padding_mask"].bool()
-        theirs, ours = theirs.float()[keep], ours.float()[keep]
+        if theirs.dim() == 3:  # per-token logits: the real tokens; per-sequence (a classifier): all of them
+            keep = ids["padding_mask"].bool()
+            theirs, ours = theirs.float()[keep], ours.float()[keep]
         if theirs_nsp is not None:
             extra["nsp_max_abs_diff"] = float((ours_nsp.float() - theirs_nsp.float()).abs().max())
     else:
