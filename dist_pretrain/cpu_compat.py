@@ -101,6 +101,8 @@ class _CudaToCpuMode(TorchFunctionMode):
             # this call: custom autograd functions' backward (megatron's all-gather behind
             # scatter_to_tensor_model_parallel_region, used for T5's relative position bias)
             # allocate on torch.cuda.current_device() too. Run the engine with the mode on.
+            if func is torch.Tensor.backward and "gradient" in kwargs:  # Tensor.backward(gradient=...)
+                kwargs["grad_tensors"] = kwargs.pop("gradient")
             with self:
                 return _run_backward(*args, **kwargs)
         return func(*args, **kwargs)

@@ -81,3 +81,29 @@ def test_nothing_redirected_when_cuda_is_present():
         print(len(_get_current_function_mode_stack()))
     """)
     assert out.strip() == "0"
+
+
+def test_backward_under_the_redirects_takes_every_calling_form():
+    """The redirect mode runs backward itself (so custom autograd functions' backward allocate on
+    the CPU too): each way of calling backward gives the gradients it gives without the mode."""
+    out = _run("""
+        import torch
+        from dist_pretrain import cpu_compat
+
+        def grads(call):
+            x = torch.arange(1.0, 4.0, requires_grad=True)
+            y = x * x
+            call(y)
+            return x.grad.tolist()
+
+        g = torch.tensor([1.0, 0.5, -2.0])
+        forms = [lambda y: y.backward(g), lambda y: y.backward(gradient=g),
+                 lambda y: torch.autograd.backward(y, g), lambda y: torch.autograd.backward(y, grad_tensors=g),
+                 lambda y: y.sum().backward(), lambda y: torch.autograd.backward([y.sum()])]
+        plain = [grads(f) for f in forms]
+        assert cpu_compat.enable()
+        redirected = [grads(f) for f in forms]
+        assert plain == redirected, (plain, redirected)
+        print(redirected[1])
+    """)
+    assert out.split() == ["[2.0,", "2.0,", "-12.0]"]
