@@ -149,7 +149,10 @@ class ZeroEngine:
         self._mark_tied_copies(chunks)
         groups = _param_groups(chunks, train_cfg.weight_decay, head, head_lr_mult)
         stage = ds_config["zero_optimization"]["stage"]
-        if train_cfg.precision == "bf16" and stage in (1, 2):  # a small transient fp32 gradient (zero_memory.py)
+        # a small transient fp32 gradient (zero_memory.py); not under pipeline parallelism, whose stages
+        # hold different parameters: DeepSpeed all-reduces each group's grad norm over the model-parallel
+        # group, so every stage must have the same number of groups (a T5 at PP2 hung otherwise)
+        if train_cfg.precision == "bf16" and stage in (1, 2) and parallel_state.get_pipeline_model_parallel_world_size() == 1:
             groups = split_param_groups(groups)
         if stage == 3:  # sized by the model where the user's JSON is silent (zero_memory.py)
             defaults = zero3_defaults(chunks, parallel_state.get_data_parallel_world_size())

@@ -72,7 +72,7 @@ def layout_of(cfg: Config, world: int) -> Layout:
 
 def model_state_bytes(psi: int, dp: int, stage: int, precision: str, ds: dict | None = None,
                       offload_optimizer: bool = False, offload_params: bool = False,
-                      groups: list[list[int]] | None = None) -> dict[str, float]:
+                      groups: list[list[int]] | None = None, split_groups: bool = True) -> dict[str, float]:
     """Bytes one rank holds for ``psi`` parameters at ZeRO ``stage`` over ``dp`` ranks, as our
     engines hold them (``dist_pretrain/zero_memory.py``); ``host`` is what offload keeps in CPU
     memory. ``groups``: the rank's AdamW groups as per-parameter sizes (``count.stage_groups``;
@@ -103,7 +103,8 @@ def model_state_bytes(psi: int, dp: int, stage: int, precision: str, ds: dict | 
             # bf16: the step casts one sub-group's reduced partition to fp32 (split_param_groups,
             # smallest first) while the partitions of the later sub-groups still wait; fp32: the
             # compact partition is used in place (use_compact_gradient_partitions)
-            subs = sub_group_sizes(groups) if e == 2 else [psi]
+            # (the engine splits only without pipeline parallelism: ``split_groups``)
+            subs = (sub_group_sizes(groups) if split_groups else sorted(map(sum, groups))) if e == 2 else [psi]
             cast = [(e * sum(subs[i:]) + (4 if e == 2 else 0) * subs[i]) / dp for i in range(len(subs))]
             # ZeRO-1 holds full gradients until the step, which casts its first sub-group
             grads = e * psi + (4 * subs[0] / dp if e == 2 else 0) if stage == 1 else max(cast)
@@ -234,7 +235,8 @@ def make_plan(cfg: Config, world: int, vocab: int, params_cache: dict | None = N
     stages = []
     for stage, psi in enumerate(counts):
         states = model_state_bytes(psi, layout.dp, cfg.parallel.zero_stage, cfg.train.precision, ds,
-                                   cfg.parallel.offload_optimizer, cfg.parallel.offload_params, groups[stage])
+                                   cfg.parallel.offload_optimizer, cfg.parallel.offload_params, groups[stage],
+                                   split_groups=layout.pp == 1)
         act = micro_batch_activations(cfg, layout.tp, per_stage_layers, stage == 0, stage == layout.pp - 1, padded)
         flight = in_flight(layout, stage)
         activations = act["peak"] + (flight - 1) * act["saved"]

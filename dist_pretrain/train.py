@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -388,8 +389,7 @@ class Trainer:
         self.engine.train(True)
         val_loss = totals.pop(self.task.loss_key)
         # standard error of the mean over the validation batches (each a global batch's mean)
-        se = float(torch.tensor(batch_losses, dtype=torch.float64).std() / math.sqrt(len(batch_losses))) \
-            if len(batch_losses) > 1 else float("nan")
+        se = statistics.stdev(batch_losses) / math.sqrt(len(batch_losses)) if len(batch_losses) > 1 else float("nan")
         return {"val/loss": val_loss, "val/loss_se": se, "val/perplexity": math.exp(min(val_loss, 50.0)),
                 **{f"val/{_tag(k)}": v for k, v in totals.items()}}
 
