@@ -58,11 +58,11 @@ def test_bert_masked_lm_on_real_text(docs, tmp_path, layout):
     assert loss[0] > 9.0 and loss[-1] < loss[0] - 0.5, loss   # ~ln(30522) at the start
     for tag in ["train/mlm_accuracy", "val/mlm_accuracy", "val/loss", "throughput/mfu"]:
         assert tag in scalars and all(math.isfinite(v) for v in scalars[tag]), tag
-    # masked-token accuracy starts at 0 (chance is 1/30522) and rises as the model learns the
-    # frequent words: measured 0.0, 0.0 at steps 1-2, 0.02-0.10 over steps 6-10, 0.03-0.04 on
-    # validation
+    # masked-token accuracy starts at 0 (chance is 1/30522: step 1 is scored before any update) and
+    # rises as the model learns the frequent words: measured 0.0 and 0.0-0.018 at steps 1-2,
+    # 0.02-0.10 over steps 6-10, 0.03-0.04 on validation
     mlm = scalars["train/mlm_accuracy"]
-    assert max(mlm[:2]) < 0.01 and _mean(mlm[-5:]) > 0.01 and _mean(mlm[-5:]) > 2 * max(mlm[:2]), mlm
+    assert mlm[0] < 0.01 and _mean(mlm[-5:]) > 0.01 and _mean(mlm[-5:]) > 2 * max(mlm[:2]), mlm
     assert scalars["val/mlm_accuracy"][-1] > 0.01, scalars["val/mlm_accuracy"]
     assert "mlm_accuracy" in out
     if "task.next_sentence_prediction=true" in layout:  # binary head trained and logged

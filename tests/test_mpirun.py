@@ -20,7 +20,7 @@ def test_mpirun_launcher_trains_tp2_on_two_mpi_ranks(tmp_path):
     launched = re.search(r"mpirun\.sh: (\S+) -n 2 .*\(rendezvous 127\.0\.0\.1:(\d+)\)", r.stderr)
     assert launched and launched[1].endswith("/mpiexec"), r.stderr[-2000:]
     # one job of 2 ranks (TP 2 needs both), not 2 one-rank jobs
-    assert "training gpt | TP 2 PP 1 VPP 1 DP 1" in r.stdout, r.stdout[-3000:]
+    assert "training gpt causal_lm | TP 2 PP 1 VPP 1 DP 1" in r.stdout, r.stdout[-3000:]
     assert r.stdout.count("training gpt") == 1
     steps = [json.loads(line)["step"] for line in (tmp_path / "history.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]

@@ -171,7 +171,7 @@ def test_torchrun_two_nodes_tp2_dp2(reference):
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", _tail(log)
     assert info["Restarts"] == "0" and info["NumNodes"] == "2", info
     _assert_placement(_ranks(text), world=4, per_node=2, launcher="torchrun")
-    assert "training gpt | TP 2 PP 1 VPP 1 DP 2" in text, _tail(log)
+    assert "training gpt causal_lm | TP 2 PP 1 VPP 1 DP 2" in text, _tail(log)
     assert "srun exited with status 0" in text
     run_dir = work / "runs/ref"  # run_dir from the job name
     assert sorted(_history(run_dir)) == list(range(1, STEPS + 1))
@@ -251,7 +251,7 @@ def test_direct_srun_mode_ranks_from_slurm(cluster, reference, real_lm_shards, t
     info = cluster.wait(job, log)
     text = log.read_text()
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", _tail(log)
-    assert "launch=srun" in text and "training gpt | TP 2 PP 1 VPP 1 DP 1" in text, _tail(log)
+    assert "launch=srun" in text and "training gpt causal_lm | TP 2 PP 1 VPP 1 DP 1" in text, _tail(log)
     _assert_placement(_ranks(text), world=2, per_node=1, launcher="slurm")
     # same weights and global batch as the TP2 x DP2 reference: the same first loss
     got, ref = _history(tmp_path / "runs/direct")[1]["train/loss"], _history(reference[0] / "runs/ref")[1]["train/loss"]
