@@ -149,11 +149,16 @@ class ZeroEngine:
         self._mark_tied_copies(chunks)
         groups = _param_groups(chunks, train_cfg.weight_decay, head, head_lr_mult)
         stage = ds_config["zero_optimization"]["stage"]
-        # a small transient fp32 gradient (zero_memory.py); not under pipeline parallelism, whose stages
-        # hold different parameters: DeepSpeed all-reduces each group's grad norm over the model-parallel
-        # group, so every stage must have the same number of groups (a T5 at PP2 hung otherwise)
-        if train_cfg.precision == "bf16" and stage in (1, 2) and parallel_state.get_pipeline_model_parallel_world_size() == 1:
-            groups = split_param_groups(groups)
+        # a small transient fp32 gradient (zero_memory.py), where every pipeline stage gets as many
+        # groups: DeepSpeed all-reduces each group's grad norm over the model-parallel group, and
+        # stages with different counts hang (a T5 at PP2 did)
+        if train_cfg.precision == "bf16" and stage in (1, 2):
+            split = split_param_groups(groups)
+            counts = [None] * parallel_state.get_pipeline_model_parallel_world_size()
+            torch.distributed.all_gather_object(counts, len(split),
+                                                group=parallel_state.get_pipeline_model_parallel_group())
+            if len(set(counts)) == 1:
+                groups = split
         if stage == 3:  # sized by the model where the user's JSON is silent (zero_memory.py)
             defaults = zero3_defaults(chunks, parallel_state.get_data_parallel_world_size())
             ds_config = {**ds_config, "zero_optimization": {**defaults, **ds_config["zero_optimization"]}}

@@ -228,6 +228,8 @@ def make_plan(cfg: Config, world: int, vocab: int, params_cache: dict | None = N
         cache[key] = model_parameters(cfg, padded)
     counts = stage_parameters(cache[key], cfg, layout.tp, layout.pp, layout.vpp)
     groups = stage_groups(cache[key], cfg, layout.tp, layout.pp, layout.vpp)
+    from dist_pretrain.zero_memory import sub_group_sizes
+
     ds = deepspeed_config(cfg, layout.dp, layout.micro_batches) if cfg.parallel.zero_stage else {}
     per_stage_layers = cfg.model.num_layers // layout.pp
     if cfg.model.arch == "t5" and layout.pp == 1:
@@ -236,7 +238,7 @@ def make_plan(cfg: Config, world: int, vocab: int, params_cache: dict | None = N
     for stage, psi in enumerate(counts):
         states = model_state_bytes(psi, layout.dp, cfg.parallel.zero_stage, cfg.train.precision, ds,
                                    cfg.parallel.offload_optimizer, cfg.parallel.offload_params, groups[stage],
-                                   split_groups=layout.pp == 1)
+                                   split_groups=len({len(sub_group_sizes(g)) for g in groups}) == 1)
         act = micro_batch_activations(cfg, layout.tp, per_stage_layers, stage == 0, stage == layout.pp - 1, padded)
         flight = in_flight(layout, stage)
         activations = act["peak"] + (flight - 1) * act["saved"]
