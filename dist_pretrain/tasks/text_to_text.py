@@ -97,7 +97,9 @@ def _normal(text: str) -> str:
 
 
 def text_scores(records: list[dict], generated: dict[int, list[int]], tok) -> tuple[dict, list]:
-    """Exact match and ROUGE-L F1 of the generations, overall and per task prefix."""
+    """Exact match and ROUGE-L F1 of the generations, overall and per task prefix. A prediction
+    row keeps the generated ids (EOS and what follows cut off) next to their text, so that they
+    can be checked against another implementation's ``generate`` token for token."""
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rougeL"])
@@ -108,7 +110,8 @@ def text_scores(records: list[dict], generated: dict[int, list[int]], tok) -> tu
         rouge = scorer.score(record["target"], text)["rougeL"].fmeasure
         prefix = record["input"].split(":", 1)[0] if ":" in record["input"] else "-"
         by_prefix.setdefault(prefix, []).append((em, rouge))
-        rows.append({"index": index, **record, "prediction": text, "exact_match": em, "rouge_l": round(rouge, 6)})
+        rows.append({"index": index, **record, "prediction": text, "token_ids": list(generated[index]),
+                     "exact_match": em, "rouge_l": round(rouge, 6)})
     n = max(len(rows), 1)
     metrics = {"rouge_l": sum(r["rouge_l"] for r in rows) / n, "exact_match": sum(r["exact_match"] for r in rows) / n}
     for prefix, scores in sorted(by_prefix.items()):
