@@ -1,6 +1,11 @@
 """Throughput of one training step against what a user would pick instead, same run.
 
-    python -m benchmarks.peers [--smoke] [--steps 10] [--warmup 2] [--dtypes fp32 bf16]
+    python -m benchmarks.peers [--smoke] [--steps 10] [--warmup 2] [--dtypes fp32 bf16] [--zero-stages 1 2]
+    python -m torch.distributed.run --standalone --nproc-per-node 2 -m benchmarks.peers --zero-stages 1 2
+
+Under torchrun the same comparison runs data-parallel: ours at DP=N (DeepSpeed ZeRO over
+the DP group), the peers wrapped in PyTorch ``DistributedDataParallel`` on the same gloo
+group, each rank with its own micro-batch; tokens/s is per rank, rank 0 prints.
 
 Three systems train the same GPT (``common.FULL``: 6 layers, hidden 512, 8 heads, seq 256,
 GPT-2 vocab padded to 50304, tied embeddings, learned positions, GELU, no dropout) on the
@@ -23,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 import time
 from collections.abc import Callable
 
@@ -30,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.common import FULL, SMOKE, GPTSize, build_trainer, gpt_overrides, median
+from benchmarks.common import FULL, SMOKE, GPTSize, build_trainer, gpt_overrides, machine, median
 
 # --------------------------------------------------------------------------- nanoGPT-style model
 
@@ -101,12 +108,15 @@ class PeerSystem:
     """A plain PyTorch training step: autocast forward, cross-entropy, backward, clip, AdamW."""
 
     def __init__(self, name: str, model: nn.Module, size: GPTSize, precision: str, logits: Callable):
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            model = nn.parallel.DistributedDataParallel(model)  # the peers' own data parallelism
         self.name, self.model, self.precision, self.logits = name, model, precision, logits
         try:
             self.opt = torch.optim.AdamW(param_groups(model), lr=1e-4, betas=(0.9, 0.95), fused=True)
         except (RuntimeError, TypeError):  # a torch without fused CPU AdamW
             self.opt = torch.optim.AdamW(param_groups(model), lr=1e-4, betas=(0.9, 0.95), foreach=True)
-        gen = torch.Generator().manual_seed(0)
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        gen = torch.Generator().manual_seed(rank)
         tokens = torch.randint(0, size.vocab, (size.micro_batch, size.seq + 1), generator=gen)
         self.inputs, self.labels = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
         self.n_params = sum(p.numel() for p in model.parameters())
@@ -135,7 +145,9 @@ class OursSystem:
 
     def __init__(self, name: str, size: GPTSize, precision: str, zero_stage: int = 1):
         self.name, self.precision = name, precision
-        self.trainer = build_trainer(gpt_overrides(size, precision, zero_stage=zero_stage))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.trainer = build_trainer(gpt_overrides(size, precision, global_batch=size.micro_batch * world,
+                                                   zero_stage=zero_stage) + [f"parallel.nproc={world}"])
         self.n_params = sum(p.numel() for c in self.trainer.engine.model_chunks for p in c.parameters())
         self.step_no = 0
         self.phases: dict[str, list[float]] = {}
@@ -169,8 +181,13 @@ class Phases:
         self.t0 = now
 
 
-def build_systems(size: GPTSize, precision: str, with_hf: bool) -> list:
-    systems = [OursSystem("ours", size, precision)]
+def ours_name(zero_stage: int) -> str:
+    """``ours`` is the default engine (ZeRO-1); other stages are named."""
+    return "ours" if zero_stage == 1 else f"ours ZeRO-{zero_stage}"
+
+
+def build_systems(size: GPTSize, precision: str, with_hf: bool, zero_stages: tuple[int, ...] = (1,)) -> list:
+    systems = [OursSystem(ours_name(stage), size, precision, zero_stage=stage) for stage in zero_stages]
     if with_hf:
         systems.append(PeerSystem("HF transformers", hf_gpt2(size), size, precision,
                                   lambda m, x: m(input_ids=x).logits))
@@ -190,13 +207,13 @@ def gemm_seconds(n: int, dtype: torch.dtype, a_b: dict) -> float:
 
 
 def run(size: GPTSize, precisions: list[str], steps: int, warmup: int, gemm_n: int,
-        with_hf: bool) -> dict:
+        with_hf: bool, zero_stages: tuple[int, ...] = (1,)) -> dict:
     """Alternating rounds over every (precision, system) and the GEMM peaks.
 
     Returns {precision: {system: {"tokens_per_s", "step_s", "phases", "n_params"}}, "gemm": {...}}
     with the per-step lists of the measured rounds (after ``warmup``).
     """
-    systems = [(prec, s) for prec in precisions for s in build_systems(size, prec, with_hf)]
+    systems = [(prec, s) for prec in precisions for s in build_systems(size, prec, with_hf, zero_stages)]
     times: dict[tuple[str, str], list[float]] = {(p, s.name): [] for p, s in systems}
     gemm: dict[str, list[float]] = {p: [] for p in precisions}
     operands: dict = {}
@@ -248,13 +265,15 @@ def profile_step(system) -> dict[str, float]:
 
 
 def table(result: dict, precisions: list[str]) -> str:
-    lines = ["| dtype | system | params | median step (s) | tokens/s | ours / this |", "|---|---|---|---|---|---|"]
+    """One row per system; ours rows also say how they compare with the faster peer."""
+    lines = ["| dtype | system | params | median step (s) | tokens/s | vs the faster peer |", "|---|---|---|---|---|---|"]
     for prec in precisions:
         rows = result[prec]
-        ours = rows["ours"]["tokens_per_s"]
+        best = max((r["tokens_per_s"] for n, r in rows.items() if not n.startswith("ours")), default=None)
         for name, r in rows.items():
+            ratio = f"{r['tokens_per_s'] / best:.2f}x" if best and name.startswith("ours") else ""
             lines.append(f"| {prec} | {name} | {r['n_params'] / 1e6:.1f}M | {median(r['step_s']):.3f} | "
-                         f"{r['tokens_per_s']:,.0f} | {ours / r['tokens_per_s']:.2f}x |")
+                         f"{r['tokens_per_s']:,.0f} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -277,10 +296,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--zero-stages", nargs="+", type=int, default=[1], choices=[0, 1, 2, 3])
     args = parser.parse_args(argv)
     size = SMOKE if args.smoke else FULL
     with_hf = hf_available()
-    result = run(size, args.dtypes, args.steps, args.warmup, 256 if args.smoke else 4096, with_hf)
+    result = run(size, args.dtypes, args.steps, args.warmup, 256 if args.smoke else 4096, with_hf,
+                 tuple(args.zero_stages))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    print(f"{machine()['cpu']}, {torch.get_num_threads()} threads per process, {world} process(es)"
+          f"{' (data parallel: tokens/s per rank)' if world > 1 else ''}; "
+          f"load average {os.getloadavg()[0]:.1f}; command: python -m benchmarks.peers {' '.join(argv or sys.argv[1:])}")
+    print()
     print(table(result, args.dtypes))
     print()
     print(phase_table(result, args.dtypes))

@@ -41,14 +41,42 @@ def job_processes(tag: str) -> list[psutil.Process]:
     return found
 
 
+def pipe_holders(proc: subprocess.Popen) -> list[psutil.Process]:
+    """Every other process holding an end of ``proc``'s stdout pipe: whatever keeps the test's
+    ``communicate()`` waiting, tagged or not."""
+    if proc.stdout is None or proc.stdout.closed:
+        return []
+    target = f"pipe:[{os.fstat(proc.stdout.fileno()).st_ino}]"
+    found = []
+    for pid in psutil.pids():
+        if pid == os.getpid():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") == target for fd in fds):
+                found.append(psutil.Process(pid))
+        except (OSError, psutil.NoSuchProcess):
+            continue
+    return found
+
+
 def kill_job(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    """Stop every process of the job (SIGSTOP until no new one appears), then send ``sig``."""
+    """Stop every process of the job, then send ``sig``. The job is its tagged processes plus
+    any process still holding its output pipe. SIGSTOP lands asynchronously: a rank caught in
+    ``fork()`` (megatron's checkpoint writers fork several per save) finishes it, and the child
+    does not inherit the stop. So the scan ends only after every frozen process has actually
+    stopped and one more scan finds nothing new; a writer missed there would hold the test's
+    ``communicate()`` open until its timeout."""
     frozen: dict[int, psutil.Process] = {}
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        new = [p for p in job_processes(proc.job_tag) if p.pid not in frozen]
+        tagged = job_processes(proc.job_tag)
+        new = [p for p in tagged + pipe_holders(proc) if p.pid not in frozen]
         if not new:
-            break
+            _wait_stopped(frozen.values(), deadline)
+            new = [p for p in job_processes(proc.job_tag) + pipe_holders(proc) if p.pid not in frozen]
+            if not new:
+                break
         for p in new:
             try:
                 p.suspend()
@@ -61,6 +89,17 @@ def kill_job(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
             p.resume()
         except psutil.NoSuchProcess:
             pass
+
+
+def _wait_stopped(procs, deadline: float) -> None:
+    for p in procs:
+        while time.monotonic() < deadline:
+            try:
+                if p.status() in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+                    break
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(0.005)
 
 
 def signal_job(proc: subprocess.Popen, sig: int) -> list[str]:
