@@ -16,10 +16,15 @@ output projections x3), so next-token distributions are peaked (the import's log
 still passes with room) and the generations differ between examples; its EOS row is enlarged so
 that some generations stop early and others run to ``task.max_new_tokens`` (both are asserted),
 which exercises the stop at EOS and the cut after it.
+
+The fine-tuned checkpoint saved at PP2 then goes through ``dist-pretrain export`` (a text-to-text
+run, its tokenizer from the seq2seq shards' manifest) and the exported ``T5ForConditionalGeneration``
+generates the same tokens.
 """
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -123,3 +128,22 @@ def test_text2text_validation_generation_equals_transformers_generate(t5_text2te
     for row, theirs in zip(rows, rows_ref):
         assert row["token_ids"] == theirs["token_ids"], (row["input"], row["token_ids"], theirs["token_ids"])
         assert row["prediction"] == theirs["text"], (row["prediction"], theirs["text"])
+    if pipeline == 2:  # the fine-tuned checkpoint (saved at PP2) exports to HF T5 and generates the same
+        out = root / "exported"
+        proc = run_group([sys.executable, "-m", "dist_pretrain", "export", str(run_dir), "--output", str(out)], 300,
+                         cwd=ROOT, env=env)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        check = subprocess.run([sys.executable, "-c", f"""
+import json, torch
+from transformers import AutoModelForSeq2SeqLM
+model = AutoModelForSeq2SeqLM.from_pretrained({str(out)!r}).eval()
+rows = json.loads(open({str(root / 'reference.json')!r}).read())["rows"]
+outs = [model.generate(torch.tensor([r["input_ids"]]), do_sample=False, max_new_tokens={NEW})[0, 1:].tolist()
+        for r in rows]
+print(json.dumps([type(model).__name__, outs]))
+"""], capture_output=True, text=True, timeout=300)
+        assert check.returncode == 0, check.stderr[-3000:]
+        name, outs = json.loads(check.stdout.strip().splitlines()[-1])
+        assert name == "T5ForConditionalGeneration"
+        for got, theirs in zip(outs, rows_ref):
+            assert got[:len(theirs["token_ids"])] == theirs["token_ids"], (got, theirs["token_ids"])
