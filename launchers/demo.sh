@@ -12,6 +12,7 @@ py=".venv/bin/python"; [ -x "$py" ] || py=python3
 family=gpt
 case "${1:-}" in gpt|bert|t5|bert-sentiment|t5-text2text) family="$1"; shift ;; esac
 dp=("$py" -m dist_pretrain)
+export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}"  # megatron-core warns that GPU-only Apex / TE are absent
 [ -f data/demo/c4/en/c4-validation.00000-of-00001.json.gz ] || "${dp[@]}" demo-corpus --output data/demo
 if [ "$family" = bert-sentiment ]; then
   # Fine-tuning: the BERT of configs/bert/demo.yaml (pretrained here first if runs/bert-demo has no
