@@ -43,8 +43,6 @@ def _finetune_problems(cfg: Config, err) -> None:
     if task.best_metric is not None and task.best_metric not in METRICS[task.name]:
         err(f"task.best_metric={task.best_metric} is not a {task.name} metric; use one of "
             f"{', '.join(METRICS[task.name])}")
-    if task.head_lr is not None and par.zero_stage == 0:
-        err(f"task.head_lr={task.head_lr} needs parallel.zero_stage >= 1 (DeepSpeed's parameter groups)")
     if task.freeze_encoder and par.pipeline > 1:
         err("task.freeze_encoder=true trains only the head, which lives on the last pipeline stage; use "
             "parallel.pipeline=1")
