@@ -5,6 +5,10 @@ An architecture (``dist_pretrain.models.architecture``) supplies the model chunk
 megatron-core's pipeline schedule runs the micro-batches of a
 step (no pipelining, 1F1B or interleaved) and the engine (DeepSpeed ZeRO, or megatron's
 own DDP at ZeRO stage 0) reduces gradients and applies the AdamW update.
+
+What the loop is built from lives beside it: the model chunks and the engine (``build.py``),
+the learning-rate schedule (``lr_schedule.py``), the optimizer groups (``optim_groups.py``) and
+the starting point, resumed or initialized from another run (``resume.py``).
 """
 
 from __future__ import annotations
