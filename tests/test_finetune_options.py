@@ -68,6 +68,7 @@ def test_freezing_the_encoder_leaves_only_the_head_trainable():
 
 @pytest.mark.parametrize("overrides, message", [
     (["task.head_lr=1e-3", "task.name=text_to_text", "model.arch=t5"], "apply to the new head of classification"),
+    (["task.head_lr=1e-3", "parallel.pipeline=2"], "task.head_lr=0.001 at parallel.pipeline=2 needs parallel.zero_stage=0"),
     (["task.freeze_encoder=true", "parallel.pipeline=2"], "task.freeze_encoder=true trains only the head"),
     (["task.best_metric=rouge_l"], "task.best_metric=rouge_l is not a classification metric"),
 ])
@@ -75,6 +76,13 @@ def test_finetuning_config_rules(overrides, message):
     cfg = load_config(None, ["model.arch=bert", "task.name=classification", "data.path=x", *overrides])
     with pytest.raises(ConfigError, match=message):
         validate(cfg, 2)
+
+
+@pytest.mark.parametrize("layout", [["parallel.zero_stage=0"], ["parallel.zero_stage=0", "parallel.pipeline=2"],
+                                    ["parallel.zero_stage=2"]])
+def test_head_lr_is_accepted_where_the_engines_support_it(layout):
+    cfg = load_config(None, ["model.arch=bert", "task.name=classification", "data.path=x", "task.head_lr=1e-3", *layout])
+    validate(cfg, 2)
 
 
 def test_classification_needs_labelled_data():
