@@ -47,6 +47,7 @@ from typing import Any
 import torch
 from megatron.core import parallel_state
 
+from dist_pretrain.optim_groups import param_groups
 from dist_pretrain.optim_state import adam_step_tensor
 from dist_pretrain.zero_memory import (
     alias_fp32_master,
@@ -118,25 +119,6 @@ class EngineChunk(torch.nn.Module):
         return self._engine(self.chunk_id, *args, **kwargs)
 
 
-def _param_groups(chunks: list[torch.nn.Module], weight_decay: float, head: tuple[str, ...] = (),
-                  head_lr_mult: float = 1.0) -> list[dict]:
-    """AdamW groups: no weight decay on biases and norm weights (the usual GPT recipe); with
-    ``head_lr_mult`` != 1 the parameters matching ``head`` (a fine-tuning task's new layers)
-    form groups of their own whose learning rate is ``lr_mult`` times the schedule's."""
-    import fnmatch
-
-    groups: dict[tuple[bool, bool], list] = {}
-    for chunk in chunks:
-        for name, p in chunk.named_parameters():
-            if not p.requires_grad:
-                continue
-            is_head = head_lr_mult != 1.0 and any(fnmatch.fnmatchcase(name, pat) for pat in head)
-            groups.setdefault((is_head, p.dim() == 1 or name.endswith("bias")), []).append(p)
-    return [{"params": params, "weight_decay": 0.0 if no_decay else weight_decay,
-             "lr_mult": head_lr_mult if is_head else 1.0}
-            for (is_head, no_decay), params in sorted(groups.items())]
-
-
 class ZeroEngine:
     """Megatron chunks + DeepSpeed ZeRO (stages 1-3): backward hooks, reduction, update."""
 
@@ -147,7 +129,7 @@ class ZeroEngine:
         self.num_chunks = len(chunks)
         self.num_microbatches = num_microbatches
         self._mark_tied_copies(chunks)
-        groups = _param_groups(chunks, train_cfg.weight_decay, head, head_lr_mult)
+        groups = param_groups(chunks, train_cfg.weight_decay, head, head_lr_mult)
         stage = ds_config["zero_optimization"]["stage"]
         # a small transient fp32 gradient (zero_memory.py), where every pipeline stage gets as many
         # groups: DeepSpeed all-reduces each group's grad norm over the model-parallel group, and

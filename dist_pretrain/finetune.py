@@ -23,6 +23,7 @@ import torch
 from megatron.core import parallel_state
 
 from dist_pretrain.config import TASK_METRICS as METRICS
+from dist_pretrain.optim_groups import is_head_parameter
 
 
 def derived_config(cfg, report):
@@ -36,12 +37,11 @@ def derived_config(cfg, report):
 
 
 def freeze_all_but(chunks: list[torch.nn.Module], patterns: tuple[str, ...]) -> None:
-    """task.freeze_encoder: only the parameters matching ``patterns`` (the new head) train."""
-    import fnmatch
-
+    """task.freeze_encoder: only the parameters matching ``patterns`` (the new head) train
+    (names as the bare chunk has them: a bf16 chunk's ``Float16Module`` prefix is ignored)."""
     for chunk in chunks:
         for name, p in chunk.named_parameters():
-            if not any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
+            if not is_head_parameter(name, patterns):
                 p.requires_grad_(False)
 
 

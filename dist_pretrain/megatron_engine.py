@@ -19,11 +19,13 @@ from megatron.core.distributed import (
 )
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
+from dist_pretrain.optim_groups import megatron_config_overrides
 from dist_pretrain.optim_state import adam_step_tensor, group_of, moment_on
 
 
 class MegatronDDPEngine:
-    def __init__(self, chunks: list[torch.nn.Module], train_cfg, tconfig):
+    def __init__(self, chunks: list[torch.nn.Module], train_cfg, tconfig, head: tuple[str, ...] = (),
+                 head_lr_mult: float = 1.0):
         ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
                                                    use_distributed_optimizer=False)
         self.model_chunks = [
@@ -39,7 +41,10 @@ class MegatronDDPEngine:
             clip_grad=train_cfg.grad_clip, bf16=tconfig.bf16, params_dtype=torch.float32,
             use_distributed_optimizer=False,
         )
-        self.optimizer = get_megatron_optimizer(opt_config, self.model_chunks)
+        # megatron builds the groups: no weight decay on biases / norms, and a fine-tuning head's
+        # own learning rate (optim_groups.py)
+        self.optimizer = get_megatron_optimizer(
+            opt_config, self.model_chunks, config_overrides=megatron_config_overrides(opt_config, head, head_lr_mult))
         self.no_sync = ([c.no_sync for c in self.model_chunks] if len(self.model_chunks) > 1
                         else self.model_chunks[0].no_sync)
         self.finalize_grads = finalize_model_grads
@@ -53,7 +58,7 @@ class MegatronDDPEngine:
 
     def step(self, lr: float) -> tuple[float, bool]:
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_mult", 1.0)  # a fine-tuning head's groups: task.head_lr
             # megatron marks biases / norms with wd_mult=0, applied by its LR scheduler,
             # which we do not use: apply it here or they would be decayed.
             group["weight_decay"] = self.weight_decay * group.get("wd_mult", 1.0)

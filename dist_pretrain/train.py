@@ -5,6 +5,10 @@ An architecture (``dist_pretrain.models.architecture``) supplies the model chunk
 megatron-core's pipeline schedule runs the micro-batches of a
 step (no pipelining, 1F1B or interleaved) and the engine (DeepSpeed ZeRO, or megatron's
 own DDP at ZeRO stage 0) reduces gradients and applies the AdamW update.
+
+What the loop is built from lives beside it: the model chunks and the engine (``build.py``),
+the learning-rate schedule (``lr_schedule.py``), the optimizer groups (``optim_groups.py``) and
+the starting point, resumed or initialized from another run (``resume.py``).
 """
 
 from __future__ import annotations
@@ -20,11 +24,10 @@ from typing import Any, Iterator
 import torch
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
-from megatron.core.transformer.module import Float16Module
-from megatron.core.utils import get_model_config
 
 from dist_pretrain import versions
-from dist_pretrain.config import FINETUNE_TASKS, Config, deepspeed_config, padded_vocab_size
+from dist_pretrain.build import build_engine, build_model_chunks
+from dist_pretrain.config import FINETUNE_TASKS, Config, padded_vocab_size
 from dist_pretrain.errors import agree
 from dist_pretrain.faults import (
     StopSignals,
@@ -34,8 +37,8 @@ from dist_pretrain.faults import (
     poisoned,
 )
 from dist_pretrain.finetune import Selection, derived_config, freeze_all_but
+from dist_pretrain.lr_schedule import learning_rate
 from dist_pretrain.models.architecture import get_architecture
-from dist_pretrain.models.init import init_layout_independent
 from dist_pretrain.models.megatron_config import transformer_config
 from dist_pretrain.monitor import (
     Monitor,
@@ -44,6 +47,7 @@ from dist_pretrain.monitor import (
     memory_gb,
     throughput,
 )
+from dist_pretrain.resume import init_weights_from, restore, resume_path
 from dist_pretrain.runtime import (
     Runtime,
     init_distributed,
@@ -53,92 +57,9 @@ from dist_pretrain.runtime import (
 from dist_pretrain.tasks import get_task
 
 
-def wsd_decay_steps(cfg: Config) -> int:
-    """Steps of the final decay of a warmup-stable-decay schedule (default 20% of the run)."""
-    tr = cfg.train
-    return tr.decay_steps if tr.decay_steps is not None else max(1, round(0.2 * (tr.steps - tr.warmup_steps)))
-
-
-def learning_rate(step: int, cfg: Config) -> float:
-    """Linear warm-up to ``train.lr``, then cosine / linear decay to ``train.min_lr``, constant, or
-    warmup-stable-decay (Hagele et al. 2024): constant until the last ``decay_steps``, which fall
-    to ``min_lr`` as 1 - sqrt(progress). The stable phase does not depend on ``train.steps``, so a
-    checkpoint from it can start decay branches of any length (``dist-pretrain sweep``)."""
-    tr = cfg.train
-    if tr.warmup_steps and step <= tr.warmup_steps:
-        return tr.lr * step / tr.warmup_steps
-    if tr.decay == "constant" or tr.steps == tr.warmup_steps:
-        return tr.lr
-    if tr.decay == "wsd":
-        decay = wsd_decay_steps(cfg)
-        start = tr.steps - decay
-        if step <= start:
-            return tr.lr
-        return tr.min_lr + (tr.lr - tr.min_lr) * (1.0 - math.sqrt((step - start) / decay))
-    progress = (step - tr.warmup_steps) / (tr.steps - tr.warmup_steps)
-    if tr.decay == "linear":
-        return tr.min_lr + (tr.lr - tr.min_lr) * (1.0 - progress)
-    return tr.min_lr + 0.5 * (tr.lr - tr.min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
 def fan_out(iterator: Iterator, n: int) -> list[Iterator]:
     """The same micro-batch stream for each of ``n`` interleaved chunks on this rank."""
     return list(itertools.tee(iterator, n)) if n > 1 else [iterator]
-
-
-def build_model_chunks(cfg: Config, arch, tconfig, vocab_size: int) -> list[torch.nn.Module]:
-    """This rank's pipeline chunks (several with a virtual pipeline), seed-only initial weights."""
-    vpp = parallel_state.get_virtual_pipeline_model_parallel_world_size()
-    chunks = []
-    for vp_stage in range(vpp or 1):
-        stage = vp_stage if vpp else None
-        chunks.append(arch.build_chunk(
-            cfg, tconfig, vocab_size,
-            pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
-            post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
-            vp_stage=stage,
-        ))
-    init_layout_independent(chunks, cfg.seed, cfg.model.init_std, cfg.model.num_layers,
-                            arch.tied_parameter_names(cfg))
-    mark_stage_shared(chunks, arch.stage_shared_parameter_names(cfg))
-    if tconfig.bf16:
-        chunks = [Float16Module(tconfig, c) for c in chunks]
-    return chunks
-
-
-def mark_stage_shared(chunks: list[torch.nn.Module], names: set[str]) -> None:
-    """Flag parameters that have a copy on another pipeline stage (their gradients are summed
-    over the embedding group); copies after the first stage's are ``shared``, which megatron's
-    and DeepSpeed's grad norms count once."""
-    if parallel_state.get_pipeline_model_parallel_world_size() == 1:
-        return
-    first_stage = parallel_state.is_pipeline_first_stage(ignore_virtual=True)
-    for chunk in chunks:
-        for name, p in chunk.named_parameters():
-            if name in names:
-                p.stage_shared = True
-                if not first_stage:
-                    p.shared = True
-
-
-def build_engine(cfg: Config, rt: Runtime, chunks, tconfig, num_microbatches: int, head: tuple[str, ...] = ()):
-    if cfg.parallel.zero_stage == 0:
-        from dist_pretrain.megatron_engine import MegatronDDPEngine
-
-        # megatron's DDP builds its grad buffers where the parameters are (DeepSpeed moves
-        # the model itself): built on the CPU, the chunks go to the training device first
-        engine = MegatronDDPEngine([c.to(rt.device) for c in chunks], cfg.train, tconfig)
-    else:
-        from dist_pretrain.engine import ZeroEngine
-
-        ds_cfg = deepspeed_config(cfg, rt.dp, num_microbatches)
-        head_lr_mult = cfg.task.head_lr / cfg.train.lr if cfg.task.head_lr else 1.0
-        engine = ZeroEngine(chunks, ds_cfg, cfg.train, num_microbatches, head, head_lr_mult)
-    for chunk in chunks:  # the schedule reads its hooks from the chunk's own config
-        chunk_config = get_model_config(chunk)
-        chunk_config.no_sync_func = engine.no_sync
-        chunk_config.finalize_model_grads_func = engine.finalize_grads
-    return engine
 
 
 def to_device(batches, device: torch.device):
@@ -195,9 +116,9 @@ class Trainer:
         self.num_microbatches = cfg.train.global_batch_size // (cfg.train.micro_batch_size * self.rt.dp)
         chunks = build_model_chunks(cfg, self.arch, self.tconfig, self.vocab_size)
         self.num_chunks = len(chunks)
-        resume_from = self._resume_path()
+        resume_from = resume_path(cfg, self.rt)
         if resume_from is None and cfg.checkpoint.init_from:
-            self._init_from(chunks)
+            init_weights_from(cfg, self.arch, chunks, self.rt)
         head = self.arch.head_parameter_names(cfg)
         if cfg.task.freeze_encoder:
             freeze_all_but(chunks, head)
@@ -209,7 +130,7 @@ class Trainer:
             from dist_pretrain.evaluation.in_training import InContextEvaluator
 
             self.icl = InContextEvaluator(cfg, chunks, self.vocab_size, self.rt.device)
-        self.start_step, self.skipped_steps = self._resume(resume_from)
+        self.start_step, self.skipped_steps = restore(self, resume_from)
         self.skipped_in_a_row = 0
         self.forward_backward = get_forward_backward_func()
         self.monitor = Monitor(cfg.run_dir, self.rt.is_logging_rank, cfg.monitor.tensorboard,
@@ -225,73 +146,6 @@ class Trainer:
         return self.task.batches(self.cfg, split, self.rt.dp_rank, self.rt.dp,
                                  self.cfg.train.micro_batch_size, self.cfg.seed, self.vocab_size,
                                  start_step=self.start_step if split == "train" else 0)
-
-    def _resume_path(self) -> Path | None:
-        """The checkpoint to resume from: the newest good one in run_dir (or checkpoint.resume)."""
-        from dist_pretrain import checkpoint
-
-        how = self.cfg.checkpoint.resume
-        if how == "none":
-            return None
-        if how == "auto":
-            path, warnings = checkpoint.resume_point(self.cfg.run_dir)
-        else:
-            path, warnings = Path(how), []
-
-            def verified():  # rank 0 reads the files; every rank learns the verdict
-                problem = checkpoint.verify(path) if self.rt.env.rank == 0 else None
-                if problem:
-                    raise checkpoint.CheckpointError(f"checkpoint.resume={how} is not a usable checkpoint: "
-                                                     f"{problem}")
-
-            agree(verified, "resume")
-        if self.rt.is_logging_rank:
-            for warning in warnings:
-                print(f"warning: {warning}", flush=True)
-        return path
-
-    def _init_from(self, chunks) -> None:
-        """checkpoint.init_from: weights only, before the engine copies them into its fp32
-        masters; the optimizer, step, RNG and data stream start fresh."""
-        from dist_pretrain.models.load import load_weights
-
-        ck = self.cfg.checkpoint
-        new_head = list(self.arch.head_parameter_names(self.cfg))  # a fine-tuning task's new layers
-        dropped = ["lm_head.*", "output_layer.*", "binary_head.*"] if new_head else []  # pretraining heads
-        kept = load_weights(chunks, ck.init_from, ck.init_allow_missing + new_head,
-                            ck.init_allow_unexpected + dropped)
-        if self.rt.is_logging_rank:
-            note = f"; kept initial values (seed {self.cfg.seed}) of {', '.join(kept)}" if kept else ""
-            print(f"initialized weights from {ck.init_from} (weights only, step 0){note}", flush=True)
-
-    def _resume(self, path: Path | None) -> tuple[int, int]:
-        """Restore the full training state from ``path`` (if any); returns (step, skipped steps)."""
-
-        if path is None:
-            return 0, 0
-        meta = agree(lambda: self._load(path), "resume")
-        if self.selection is not None:
-            self.selection.load_state_dict(meta.get("data", {}).get("selection"))
-        if self.rt.is_logging_rank:
-            was = meta["layout"]
-            print(f"resumed from {path} (step {meta['step']}; saved at TP {was['tp']} PP {was['pp']} "
-                  f"DP {was['dp']} ZeRO-{was['zero_stage']})", flush=True)
-        return int(meta["step"]), int(meta.get("skipped_steps", 0))
-
-    def _load(self, path: Path) -> dict:
-        from torch.distributed.checkpoint.api import (
-            CheckpointException,  # a BaseException
-        )
-
-        from dist_pretrain import checkpoint
-
-        try:
-            return checkpoint.load(self, path)
-        except checkpoint.CheckpointError:
-            raise
-        except (Exception, CheckpointException) as err:  # noqa: BLE001 - a checkpoint of another model
-            raise checkpoint.CheckpointError(f"checkpoint {path} does not load into this model "
-                                             f"({type(err).__name__}: {str(err).splitlines()[0][:300]})") from err
 
     def _fetch(self, data, what: str):
         """This step's micro-batches, read before the schedule starts: a data error (a corrupt

@@ -1,13 +1,16 @@
 """BERT sequence classification fine-tuned from a pretrained checkpoint, under torchrun on gloo.
 
 One tiny BERT is pretrained for two masked-LM steps. It is then fine-tuned on real
-sentences (Pang & Lee polarity, a 60-sentence slice), init_from that checkpoint, three ways:
+sentences (Pang & Lee polarity, a 60-sentence slice), init_from that checkpoint, four ways:
 
-* one process: the reference;
-* TP2: the same per-step losses (fp32, 1e-5). This covers the epoch's last, partial batch
-  and weights-only loading at another layout;
+* one process (ZeRO-1): the reference;
 * DP2 ZeRO-2 resumed from the reference's mid-epoch checkpoint: the reference's remaining
-  losses. The data picks up to the sample at another DP size.
+  losses. The data picks up to the sample at another DP size;
+* with ``task.head_lr`` (10 x ``train.lr`` for the pooler and classifier), one process at
+  ZeRO-0 (megatron's DDP and optimizer, groups from megatron's config_overrides) and TP2 at
+  ZeRO-1 (DeepSpeed's groups): the same per-step losses (fp32, 1e-5), which differ from the
+  reference's. The head's learning rate, schedule included, is the same in both engines. This
+  also covers the epoch's last, partial batch and weights-only loading at another layout.
 
 The reference also shows the rest of what a user gets: the new head named in the log,
 TensorBoard `val/accuracy` and `test/accuracy`, predictions.jsonl, and the best checkpoint
@@ -56,27 +59,40 @@ def runs(tmp_path_factory):
     common = ["data.synthetic=false", f"data.path={root / 'data'}", f"checkpoint.init_from={root / 'pretrained'}",
               *FINETUNE]
     ref = _train(1, root / "ref", *common)
-    tp2 = _train(2, root / "tp2", *common, "parallel.tensor=2")
     middle = root / "ref" / "checkpoints" / "step-00000003"
     resumed = _train(2, root / "dp2", *common, "parallel.zero_stage=2", f"checkpoint.resume={middle}")
-    return root, ref, tp2, resumed
+    head_lr = [*common, "task.head_lr=3e-3"]
+    zero0 = _train(1, root / "zero0", *head_lr, "parallel.zero_stage=0")
+    tp2 = _train(2, root / "tp2", *head_lr, "parallel.tensor=2")
+    return root, ref, tp2, resumed, zero0
 
 
 def test_classification_layouts_and_resume_reproduce_one_process(runs):
-    root, (_, ref), (_, tp2), (_, dp2) = runs
+    root, (_, ref), (_, tp2), (_, dp2), (_, zero0) = runs
     train = json.loads((root / "data" / "manifest.json").read_text())["splits"]["train"]["samples"]
     steps = 2 * -(-train // 8)
     assert sorted(ref) == list(range(1, steps + 1)) and train % 8  # the epochs end in partial batches
-    for step in ref:
-        assert tp2[step]["train/loss"] == pytest.approx(ref[step]["train/loss"], rel=1e-5, abs=1e-6), step
     assert sorted(dp2) == list(range(4, steps + 1))
     for step in dp2:
         assert dp2[step]["train/loss"] == pytest.approx(ref[step]["train/loss"], rel=1e-5, abs=1e-6), step
-    assert tp2[steps]["test/accuracy"] == pytest.approx(ref[steps]["test/accuracy"])
+    assert sorted(zero0) == sorted(tp2) == sorted(ref)
+    for step in zero0:
+        assert tp2[step]["train/loss"] == pytest.approx(zero0[step]["train/loss"], rel=1e-5, abs=1e-6), step
+    assert tp2[steps]["test/accuracy"] == pytest.approx(zero0[steps]["test/accuracy"])
+
+
+def test_head_learning_rate_is_the_same_at_zero0_and_zero1(runs):
+    """task.head_lr changes training from step 2 on (the head's first update), by the same
+    amount in megatron's ZeRO-0 engine as in DeepSpeed's ZeRO-1 (the test above)."""
+    _, (_, ref), _, _, (_, zero0) = runs
+    assert zero0[1]["train/loss"] == pytest.approx(ref[1]["train/loss"], rel=1e-6)  # same start
+    assert zero0[1]["train/lr"] == ref[1]["train/lr"]  # the base schedule is untouched
+    change = max(abs(zero0[s]["train/loss"] - ref[s]["train/loss"]) for s in ref if s > 1)
+    assert change > 1e-3, change  # far above the 1e-5 that ZeRO-0 and ZeRO-1 agree to
 
 
 def test_finetuning_logs_head_metrics_predictions_and_best_checkpoint(runs):
-    root, (out, ref), _, _ = runs
+    root, (out, ref), *_ = runs
     assert "kept initial values (seed 1234) of classifier.bias, classifier.weight, pooler.dense.bias, " \
            "pooler.dense.weight" in out
     acc = EventAccumulator(str(root / "ref" / "tensorboard"))

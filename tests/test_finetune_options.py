@@ -1,13 +1,13 @@
-"""Fine-tuning options that need no process group: the head's optimizer groups, encoder
-freezing, and the config rules that reject combinations which cannot work."""
+"""Fine-tuning options that need no process group: the head's optimizer groups (DeepSpeed's and
+megatron's), encoder freezing, and the config rules that reject combinations which cannot work."""
 
 import pytest
 import torch
 
 from dist_pretrain.config import load_config, validate
-from dist_pretrain.engine import _param_groups
 from dist_pretrain.errors import ConfigError
 from dist_pretrain.finetune import freeze_all_but
+from dist_pretrain.optim_groups import megatron_config_overrides, param_groups
 from dist_pretrain.preflight import check
 
 HEAD = ("pooler.*", "classifier.*")
@@ -24,12 +24,32 @@ def _model() -> torch.nn.Module:
 
 def test_head_parameters_get_their_own_learning_rate_groups():
     m = _model()
-    groups = _param_groups([m], 0.01, HEAD, head_lr_mult=10.0)
+    groups = param_groups([m], 0.01, HEAD, head_lr_mult=10.0)
     by_id = {id(p): g for g in groups for p in g["params"]}
     assert by_id[id(m.classifier.weight)]["lr_mult"] == 10.0 and by_id[id(m.pooler.dense.bias)]["lr_mult"] == 10.0
     assert by_id[id(m.encoder.weight)]["lr_mult"] == 1.0
     assert by_id[id(m.classifier.bias)]["weight_decay"] == 0.0 and by_id[id(m.classifier.weight)]["weight_decay"] == 0.01
-    assert len(by_id) == 6 and {g["lr_mult"] for g in _param_groups([m], 0.01, HEAD)} == {1.0}
+    assert len(by_id) == 6 and {g["lr_mult"] for g in param_groups([m], 0.01, HEAD)} == {1.0}
+
+
+def test_megatron_groups_give_the_head_the_scaled_schedule_under_wrappers():
+    """ZeRO-0: megatron's config_overrides, matched on the names its DDP (and bf16's
+    Float16Module) give the parameters: ``module.module.classifier.weight``."""
+    from megatron.core.optimizer import OptimizerConfig
+    from megatron.core.optimizer_param_scheduler import combine_param_group_overrides
+
+    wrapped = torch.nn.Module()
+    wrapped.module = torch.nn.Module()
+    wrapped.module.module = _model()
+    config = OptimizerConfig(optimizer="adam", lr=1e-4, min_lr=1e-5, weight_decay=0.01)
+    overrides = megatron_config_overrides(config, HEAD, head_lr_mult=10.0)
+    merged = {name: combine_param_group_overrides([o for key, o in overrides.items() if key.matches(p, name)])
+              for name, p in wrapped.named_parameters()}
+    head = {"max_lr": pytest.approx(1e-3), "min_lr": pytest.approx(1e-4), "lr_mult": 10.0}
+    assert merged["module.module.classifier.weight"] == head
+    assert merged["module.module.pooler.dense.bias"] == {**head, "wd_mult": 0.0}
+    assert merged["module.module.encoder.weight"] == {} and merged["module.module.encoder.bias"] == {"wd_mult": 0.0}
+    assert len(megatron_config_overrides(config, HEAD)) == len(megatron_config_overrides(config)) == 1
 
 
 def test_freezing_the_encoder_leaves_only_the_head_trainable():
@@ -38,11 +58,17 @@ def test_freezing_the_encoder_leaves_only_the_head_trainable():
     assert {n for n, p in m.named_parameters() if p.requires_grad} == \
         {"pooler.dense.weight", "pooler.dense.bias", "classifier.weight", "classifier.bias"}
     assert all(not p.requires_grad for p in m.encoder.parameters())
-    assert len([p for g in _param_groups([m], 0.01) for p in g["params"]]) == 4
+    assert len([p for g in param_groups([m], 0.01) for p in g["params"]]) == 4
+    wrapped = torch.nn.Module()  # bf16: the chunk inside a Float16Module
+    wrapped.module = _model()
+    freeze_all_but([wrapped], HEAD)
+    assert {n for n, p in wrapped.named_parameters() if p.requires_grad} == \
+        {"module.pooler.dense.weight", "module.pooler.dense.bias", "module.classifier.weight", "module.classifier.bias"}
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["task.head_lr=1e-3", "parallel.zero_stage=0"], "task.head_lr=0.001 needs parallel.zero_stage >= 1"),
+    (["task.head_lr=1e-3", "task.name=text_to_text", "model.arch=t5"], "apply to the new head of classification"),
+    (["task.head_lr=1e-3", "parallel.pipeline=2"], "task.head_lr=0.001 at parallel.pipeline=2 needs parallel.zero_stage=0"),
     (["task.freeze_encoder=true", "parallel.pipeline=2"], "task.freeze_encoder=true trains only the head"),
     (["task.best_metric=rouge_l"], "task.best_metric=rouge_l is not a classification metric"),
 ])
@@ -50,6 +76,13 @@ def test_finetuning_config_rules(overrides, message):
     cfg = load_config(None, ["model.arch=bert", "task.name=classification", "data.path=x", *overrides])
     with pytest.raises(ConfigError, match=message):
         validate(cfg, 2)
+
+
+@pytest.mark.parametrize("layout", [["parallel.zero_stage=0"], ["parallel.zero_stage=0", "parallel.pipeline=2"],
+                                    ["parallel.zero_stage=2"]])
+def test_head_lr_is_accepted_where_the_engines_support_it(layout):
+    cfg = load_config(None, ["model.arch=bert", "task.name=classification", "data.path=x", "task.head_lr=1e-3", *layout])
+    validate(cfg, 2)
 
 
 def test_classification_needs_labelled_data():

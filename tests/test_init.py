@@ -47,7 +47,7 @@ def test_tensor_parallel_attributes_match_megatrons_own(tmp_path):
     from dist_pretrain.models.architecture import get_architecture
     from dist_pretrain.models.load import init_single_process
     from dist_pretrain.models.megatron_config import transformer_config
-    from dist_pretrain.train import build_model_chunks
+    from dist_pretrain.build import build_model_chunks
 
     init_single_process()
     cfg = load_config(None, ["model.num_layers=2", "model.hidden_size=32", "model.num_attention_heads=4",

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from dist_pretrain.config import load_config
-from dist_pretrain.train import learning_rate
+from dist_pretrain.lr_schedule import learning_rate
 
 
 def _cfg(decay):

@@ -11,7 +11,7 @@ import pytest
 
 from dist_pretrain.config import load_config, validate
 from dist_pretrain.errors import ConfigError
-from dist_pretrain.train import learning_rate
+from dist_pretrain.lr_schedule import learning_rate
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs/gpt/tiny.yaml"

@@ -60,7 +60,7 @@ def stage_parameters(params: list[Param], cfg: Config, tp: int, pp: int, vpp: in
 
 def stage_groups(params: list[Param], cfg: Config, tp: int, pp: int, vpp: int | None) -> list[list[list[int]]]:
     """Per pipeline stage, the engines' AdamW groups (weight decay, then none) as lists of
-    per-parameter sizes on one TP rank, in model order (``engine._param_groups`` without a
+    per-parameter sizes on one TP rank, in model order (``optim_groups.param_groups`` without a
     fine-tuning head): what the ZeRO engines partition and cut into sub-groups."""
     groups: list[list[list[int]]] = [[[], []] for _ in range(pp)]
     for stage, param, share in stage_shares(params, cfg, tp, pp, vpp):

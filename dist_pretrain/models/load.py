@@ -187,7 +187,7 @@ def build_model(cfg: Config, vocab_size: int) -> list[torch.nn.Module]:
     from dist_pretrain.models.architecture import get_architecture
     from dist_pretrain.models.megatron_config import transformer_config
     from dist_pretrain.runtime import seed_everything
-    from dist_pretrain.train import build_model_chunks
+    from dist_pretrain.build import build_model_chunks
 
     seed_everything(cfg.seed)
     fp32 = cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": "fp32"})})

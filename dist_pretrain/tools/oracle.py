@@ -141,7 +141,7 @@ def hf_step(hf_dir: Path, batches: list[dict], cfg) -> tuple[dict, float, dict, 
     import transformers
 
     from dist_pretrain.interop.hf_export import architecture_for, hf_auto_class
-    from dist_pretrain.train import learning_rate
+    from dist_pretrain.lr_schedule import learning_rate
 
     config = transformers.AutoConfig.from_pretrained(hf_dir)
     auto = hf_auto_class(architecture_for(cfg), cfg)
@@ -185,7 +185,7 @@ def run_case(name: str, workdir: Path) -> dict:
     from safetensors.torch import load_file
 
     from dist_pretrain.config import load_config
-    from dist_pretrain.train import learning_rate
+    from dist_pretrain.lr_schedule import learning_rate
 
     config, extra = CASES[name]
     overrides = COMMON + extra
