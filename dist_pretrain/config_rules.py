@@ -43,12 +43,6 @@ def _finetune_problems(cfg: Config, err) -> None:
     if task.best_metric is not None and task.best_metric not in METRICS[task.name]:
         err(f"task.best_metric={task.best_metric} is not a {task.name} metric; use one of "
             f"{', '.join(METRICS[task.name])}")
-    if task.head_lr is not None and par.zero_stage >= 1 and par.pipeline > 1:
-        # the head's groups exist on the last stage only, and DeepSpeed reduces each group's grad
-        # norm over the model-parallel group: stages with different group counts hang (measured).
-        # megatron's optimizer (ZeRO-0) gives every rank the same groups, empty where needed.
-        err(f"task.head_lr={task.head_lr} at parallel.pipeline={par.pipeline} needs parallel.zero_stage=0 "
-            f"(DeepSpeed's parameter groups would differ between pipeline stages); or use parallel.pipeline=1")
     if task.freeze_encoder and par.pipeline > 1:
         err("task.freeze_encoder=true trains only the head, which lives on the last pipeline stage; use "
             "parallel.pipeline=1")

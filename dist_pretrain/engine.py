@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from megatron.core import parallel_state
 
-from dist_pretrain.optim_groups import param_groups
+from dist_pretrain.optim_groups import pad_group_count, param_groups
 from dist_pretrain.optim_state import adam_step_tensor
 from dist_pretrain.zero_memory import (
     alias_fp32_master,
@@ -141,6 +141,11 @@ class ZeroEngine:
                                                 group=parallel_state.get_pipeline_model_parallel_group())
             if len(set(counts)) == 1:
                 groups = split
+        if parallel_state.get_pipeline_model_parallel_world_size() > 1:  # e.g. a head's groups on the last stage
+            counts = [None] * parallel_state.get_pipeline_model_parallel_world_size()
+            torch.distributed.all_gather_object(counts, len(groups),
+                                                group=parallel_state.get_pipeline_model_parallel_group())
+            groups = pad_group_count(groups, max(counts))
         if stage == 3:  # sized by the model where the user's JSON is silent (zero_memory.py)
             defaults = zero3_defaults(chunks, parallel_state.get_data_parallel_world_size())
             ds_config = {**ds_config, "zero_optimization": {**defaults, **ds_config["zero_optimization"]}}

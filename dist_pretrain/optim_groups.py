@@ -62,3 +62,21 @@ def megatron_config_overrides(opt_config, head: tuple[str, ...] = (), head_lr_mu
         overrides[key] = {"max_lr": opt_config.lr * head_lr_mult, "min_lr": opt_config.min_lr * head_lr_mult,
                           "lr_mult": head_lr_mult}
     return overrides
+
+
+def pad_group_count(groups: list[dict], count: int) -> list[dict]:
+    """``groups`` with the one holding the most parameters halved (same settings, consecutive
+    parameters) until there are ``count``. DeepSpeed ZeRO-1/2 all-reduce each group's gradient
+    norm over the model-parallel group, so every pipeline stage must hold as many groups; a
+    fine-tuning head's groups exist on the last stage only. Halving a group changes no update."""
+    groups = list(groups)
+    while len(groups) < count:
+        index = max(range(len(groups)), key=lambda i: len(groups[i]["params"]))
+        group = groups[index]
+        if len(group["params"]) < 2:
+            raise RuntimeError(f"cannot make {count} AdamW groups out of {sum(len(g['params']) for g in groups)} "
+                               "parameters on this pipeline stage")
+        half = len(group["params"]) // 2
+        groups[index:index + 1] = [{**group, "params": group["params"][:half]},
+                                   {**group, "params": group["params"][half:]}]
+    return groups

@@ -7,9 +7,10 @@ sentences (Pang & Lee polarity, a 60-sentence slice), init_from that checkpoint,
 * DP2 ZeRO-2 resumed from the reference's mid-epoch checkpoint: the reference's remaining
   losses. The data picks up to the sample at another DP size;
 * with ``task.head_lr`` (10 x ``train.lr`` for the pooler and classifier), one process at
-  ZeRO-0 (megatron's DDP and optimizer, groups from megatron's config_overrides) and TP2 at
-  ZeRO-1 (DeepSpeed's groups): the same per-step losses (fp32, 1e-5), which differ from the
-  reference's. The head's learning rate, schedule included, is the same in both engines. This
+  ZeRO-0 (megatron's DDP and optimizer, groups from megatron's config_overrides) and PP2 at
+  ZeRO-1 (DeepSpeed's groups; the head's exist on the last stage only, so the first stage
+  halves one of its own to hold as many): the same per-step losses (fp32, 1e-5), which differ
+  from the reference's. The head's learning rate, schedule included, is the same in both engines. This
   also covers the epoch's last, partial batch and weights-only loading at another layout.
 
 The reference also shows the rest of what a user gets: the new head named in the log,
@@ -63,22 +64,22 @@ def runs(tmp_path_factory):
     resumed = _train(2, root / "dp2", *common, "parallel.zero_stage=2", f"checkpoint.resume={middle}")
     head_lr = [*common, "task.head_lr=3e-3"]
     zero0 = _train(1, root / "zero0", *head_lr, "parallel.zero_stage=0")
-    tp2 = _train(2, root / "tp2", *head_lr, "parallel.tensor=2")
-    return root, ref, tp2, resumed, zero0
+    pp2 = _train(2, root / "pp2", *head_lr, "parallel.pipeline=2")  # DeepSpeed ZeRO-1, the head on stage 1
+    return root, ref, pp2, resumed, zero0
 
 
 def test_classification_layouts_and_resume_reproduce_one_process(runs):
-    root, (_, ref), (_, tp2), (_, dp2), (_, zero0) = runs
+    root, (_, ref), (_, pp2), (_, dp2), (_, zero0) = runs
     train = json.loads((root / "data" / "manifest.json").read_text())["splits"]["train"]["samples"]
     steps = 2 * -(-train // 8)
     assert sorted(ref) == list(range(1, steps + 1)) and train % 8  # the epochs end in partial batches
     assert sorted(dp2) == list(range(4, steps + 1))
     for step in dp2:
         assert dp2[step]["train/loss"] == pytest.approx(ref[step]["train/loss"], rel=1e-5, abs=1e-6), step
-    assert sorted(zero0) == sorted(tp2) == sorted(ref)
+    assert sorted(zero0) == sorted(pp2) == sorted(ref)
     for step in zero0:
-        assert tp2[step]["train/loss"] == pytest.approx(zero0[step]["train/loss"], rel=1e-5, abs=1e-6), step
-    assert tp2[steps]["test/accuracy"] == pytest.approx(zero0[steps]["test/accuracy"])
+        assert pp2[step]["train/loss"] == pytest.approx(zero0[step]["train/loss"], rel=1e-5, abs=1e-6), step
+    assert pp2[steps]["test/accuracy"] == pytest.approx(zero0[steps]["test/accuracy"])
 
 
 def test_head_learning_rate_is_the_same_at_zero0_and_zero1(runs):

@@ -7,7 +7,7 @@ import torch
 from dist_pretrain.config import load_config, validate
 from dist_pretrain.errors import ConfigError
 from dist_pretrain.finetune import freeze_all_but
-from dist_pretrain.optim_groups import megatron_config_overrides, param_groups
+from dist_pretrain.optim_groups import megatron_config_overrides, pad_group_count, param_groups
 from dist_pretrain.preflight import check
 
 HEAD = ("pooler.*", "classifier.*")
@@ -20,6 +20,20 @@ def _model() -> torch.nn.Module:
     m.pooler.dense = torch.nn.Linear(4, 4)
     m.classifier = torch.nn.Linear(4, 2)
     return m
+
+
+def test_a_stage_without_the_head_pads_its_group_count_without_changing_settings():
+    """PP with a head: the first stage halves its largest group until it holds as many as the last."""
+    m = torch.nn.Sequential(*(torch.nn.Linear(2, 2) for _ in range(3)))
+    groups = param_groups([m], 0.01)
+    padded = pad_group_count(groups, 4)
+    assert len(padded) == 4
+    assert [id(p) for g in padded for p in g["params"]] == [id(p) for g in groups for p in g["params"]]  # order
+    settings = {id(p): (g["weight_decay"], g["lr_mult"]) for g in groups for p in g["params"]}
+    for g in padded:  # each piece keeps the settings of the group it came from
+        assert {settings[id(p)] for p in g["params"]} == {(g["weight_decay"], g["lr_mult"])}
+    with pytest.raises(RuntimeError, match="cannot make 9 AdamW groups out of 6 parameters"):
+        pad_group_count(groups, 9)
 
 
 def test_head_parameters_get_their_own_learning_rate_groups():
@@ -68,7 +82,6 @@ def test_freezing_the_encoder_leaves_only_the_head_trainable():
 
 @pytest.mark.parametrize("overrides, message", [
     (["task.head_lr=1e-3", "task.name=text_to_text", "model.arch=t5"], "apply to the new head of classification"),
-    (["task.head_lr=1e-3", "parallel.pipeline=2"], "task.head_lr=0.001 at parallel.pipeline=2 needs parallel.zero_stage=0"),
     (["task.freeze_encoder=true", "parallel.pipeline=2"], "task.freeze_encoder=true trains only the head"),
     (["task.best_metric=rouge_l"], "task.best_metric=rouge_l is not a classification metric"),
 ])
@@ -79,7 +92,7 @@ def test_finetuning_config_rules(overrides, message):
 
 
 @pytest.mark.parametrize("layout", [["parallel.zero_stage=0"], ["parallel.zero_stage=0", "parallel.pipeline=2"],
-                                    ["parallel.zero_stage=2"]])
+                                    ["parallel.zero_stage=2"], ["parallel.zero_stage=1", "parallel.pipeline=2"]])
 def test_head_lr_is_accepted_where_the_engines_support_it(layout):
     cfg = load_config(None, ["model.arch=bert", "task.name=classification", "data.path=x", "task.head_lr=1e-3", *layout])
     validate(cfg, 2)
