@@ -75,6 +75,7 @@ def test_task_files_and_built_in_tasks(tmp_path):
 def test_wilson_interval():
     lo, hi = wilson(8, 10)  # textbook value: 0.490 - 0.943
     assert abs(lo - 0.4902) < 1e-3 and abs(hi - 0.9433) < 1e-3
+    assert wilson(0, 188)[0] == 0.0 and wilson(188, 188)[1] == 1.0  # never "-0.0000" in the table
 
 
 def test_log_likelihoods_and_accuracies_equal_transformers(tmp_path):

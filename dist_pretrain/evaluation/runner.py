@@ -35,12 +35,13 @@ Z95 = 1.959964
 
 
 def wilson(successes: float, n: int) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (scipy's; clipped to [0, 1])."""
     if n == 0:
         return (math.nan, math.nan)
-    p = successes / n
-    centre = (p + Z95**2 / (2 * n)) / (1 + Z95**2 / n)
-    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / (1 + Z95**2 / n)
-    return (centre - half, centre + half)
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(round(successes)), n).proportion_ci(confidence_level=0.95, method="wilson")
+    return (float(ci.low), float(ci.high))
 
 
 def proportion(task: str, shots: int, metric: str, hits: list[bool]) -> dict:
