@@ -3,6 +3,7 @@ for a requeue), repeated non-finite steps (abort), and NaN fault injection for d
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
@@ -80,7 +81,7 @@ def _obey_only_the_parent(names: tuple[str, ...], worker_id: int) -> None:
     threading.Thread(target=wait, name="stop-signals", daemon=True).start()
 
 
-def loader_worker_init(names: list[str]):
+class StopSignalsInWorkers:
     """A DataLoader ``worker_init_fn`` that makes the stop signals from anyone but the rank
     harmless in loader workers.
 
@@ -94,7 +95,32 @@ def loader_worker_init(names: list[str]):
     workers otherwise end when the rank closes its loaders, or through their watchdog if the
     rank is killed.
     """
-    return functools.partial(_obey_only_the_parent, tuple(names))
+
+    def __init__(self, names: list[str]):
+        self.names = tuple(names)
+
+    def __call__(self, worker_id: int) -> None:
+        _obey_only_the_parent(self.names, worker_id)
+
+    @contextlib.contextmanager
+    def forking(self):
+        """Block the stop signals in the thread that forks the workers, for as long as it does.
+        A worker is born with its parent thread's mask, so the signals stay blocked from its
+        first instruction; without this, a SIGTERM to every process that lands between a
+        worker's fork and its ``worker_init_fn`` kills it (measured: a signal sent as soon as
+        validation's workers appeared). A signal meant for the rank meanwhile waits, pending,
+        and is handled as soon as the workers exist."""
+        signals = {getattr(signal, name) for name in self.names}
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def loader_worker_init(names: list[str]) -> StopSignalsInWorkers:
+    """The DataLoader ``worker_init_fn`` of the trainer's loaders (``StopSignalsInWorkers``)."""
+    return StopSignalsInWorkers(names)
 
 
 class StopTraining(SystemExit):

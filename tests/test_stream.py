@@ -7,6 +7,7 @@ import sys
 from collections import Counter
 
 import pytest
+import torch
 
 from dist_pretrain.data.stream import CorruptShardError, build_train_stream
 
@@ -163,3 +164,33 @@ def test_missing_shard_is_an_early_error(datasets, tmp_path):
     gone.unlink()
     with pytest.raises(FileNotFoundError, match=gone.name):
         build_train_stream([(str(copy), 1.0)], G, M, 0, 1, seed=1)
+
+
+class _OneItem(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        yield 1
+
+
+def test_loader_workers_are_born_with_the_stop_signals_blocked(tmp_path):
+    """A SIGTERM to every process of a job may land between a worker's fork and its
+    ``worker_init_fn``: the workers must be forked with the signals already blocked."""
+    import signal
+
+    from dist_pretrain.data.workers import start_iteration
+    from dist_pretrain.faults import StopSignalsInWorkers
+
+    class Recording(StopSignalsInWorkers):  # the mask the worker was born with, before the init
+        def __call__(self, worker_id):
+            (tmp_path / "mask").write_text(str(int(signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, []))))
+            super().__call__(worker_id)
+
+    def born_blocked(start) -> bool:
+        loader = torch.utils.data.DataLoader(_OneItem(), batch_size=None, num_workers=1,
+                                             worker_init_fn=Recording(["SIGTERM", "SIGUSR1"]))
+        it = start(loader)
+        assert list(it) == [1]
+        return (tmp_path / "mask").read_text() == "1"
+
+    assert born_blocked(start_iteration)
+    assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # the rank's own mask is restored
+    assert not born_blocked(iter)  # a plain iter() forks them unprotected: what the fix is for

@@ -41,6 +41,7 @@ from dist_pretrain.data.manifest import (  # noqa: F401 - read_manifest is part 
     shard_problems,
     split_shards,
 )
+from dist_pretrain.data.workers import start_iteration
 
 
 def dealt_indices(n: int, block: int, dp_rank: int, dp_size: int) -> list[int]:
@@ -102,7 +103,7 @@ class LMLoader:
     def __iter__(self):
         pending: dict[int, tuple[int, dict]] = {}
         expected = 0
-        for position, index, fields in self.loader:
+        for position, index, fields in start_iteration(self.loader):
             pending[int(position)] = (int(index), fields)
             while expected in pending:
                 index, fields = pending.pop(expected)

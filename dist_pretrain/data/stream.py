@@ -49,6 +49,7 @@ from dist_pretrain.data.manifest import (
     shard_problems,
     split_shards,
 )
+from dist_pretrain.data.workers import start_iteration
 from dist_pretrain.errors import UserError
 
 GOLDEN = (5**0.5 - 1) / 2
@@ -219,7 +220,7 @@ def _micro_batches(loader: DataLoader, workers: int, micro_batch_size: int, prog
     A free function (not a method) so the stream object is not in a reference cycle with
     its generator: dropping the stream then stops the DataLoader workers at once.
     """
-    blocks = iter(loader)
+    blocks = start_iteration(loader)
     while True:
         try:
             parts = [next(blocks) for _ in range(workers)]
