@@ -20,6 +20,7 @@ import argparse
 import glob
 import gzip
 import os
+import random
 import re
 
 from dist_pretrain.data.demo_corpus import _write_jsonl_gz, iter_wiki_articles, wiki_dump_path  # noqa: PLC2701
@@ -82,6 +83,10 @@ def main(argv=None) -> None:
             n, count, chars = n + 1, count + 1, chars + len(doc["text"])
         print(f"{name}: {count} documents, {chars / 1e6:.1f} M characters" + ("" if count else " (not installed?)"))
     for i, docs in enumerate(train):
+        # C4 is in random order; written source by source, every file would hold Wikipedia, then the
+        # Linux docs, then the Python docs, then WordNet, and training would switch domain every
+        # ~1M tokens (a sweep's loss at a budget then depends on which block its decay ends in)
+        random.Random(i).shuffle(docs)
         _write_jsonl_gz(os.path.join(out, f"c4-train.{i:05d}-of-{args.train_files:05d}.json.gz"), docs)
     _write_jsonl_gz(os.path.join(out, "c4-validation.00000-of-00001.json.gz"), valid)
     print(f"{n} documents ({len(valid)} validation) in {out}")
