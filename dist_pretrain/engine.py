@@ -55,7 +55,7 @@ from dist_pretrain.zero_memory import (
     use_compact_gradient_partitions,
     zero3_defaults,
 )
-from dist_pretrain.zero_step import foreach_grad_norm, overflow_from_norm
+from dist_pretrain.zero_step import foreach_grad_norm, overflow_from_norm, single_rank_reduction
 
 
 class MegatronMPU:
@@ -165,6 +165,7 @@ class ZeroEngine:
             # and a step as cheap as fused clip + AdamW (zero_step.py)
             foreach_grad_norm(self.engine.optimizer)
             overflow_from_norm(self.engine.optimizer)
+            single_rank_reduction(self.engine.optimizer)
         alias_fp32_master(self.engine.optimizer)
         self._backwards_this_step = 0
         self._wrap_backward_prologue()

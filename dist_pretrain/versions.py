@@ -42,6 +42,9 @@ INTERNALS = {
         "dp_process_group, _model_parallel_all_reduce, _zero_padding; runtime.utils is_model_parallel_parameter / "
         "mask_nan_or_inf_with_val_inplace; zero.utils get_norm_dtype) and check_overflow (left to the norm when "
         "compute_grad_norm and check_grad_overflow) (zero_step.py)",
+        "stage_1_and_2 at DP=1: contiguous_gradients turned off after init and "
+        "_buffered_reduce_fallback_preserving_fp32 replaced (_get_compact_grad_partition_slice), "
+        "_build_compact_grad_partition_buffer reused (GradPartitionBufferGroup.flat_partition) (zero_step.py)",
     ],
     "megatron-core": [
         "tensor_parallel.random._get_cuda_rng_state / _set_cuda_rng_state (redirected on CPU by cpu_compat)",

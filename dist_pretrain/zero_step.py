@@ -18,6 +18,19 @@ DeepSpeed's step skips the update on a non-finite norm whenever ``check_grad_ove
   copies counted once, replicated parameters on tensor-parallel rank 0 only) and the same
   reductions over the DP and model-parallel groups.
 * ``overflow_from_norm`` leaves inf/NaN detection to that norm when DeepSpeed computes it.
+* ``single_rank_reduction``: with one rank in the data-parallel group, ZeRO's reduction is the
+  identity, yet DeepSpeed 0.19.8 still copies every gradient into a contiguous bucket, divides
+  the bucket by 1, flattens it again (``allreduce_bucket``: a ``cat``), all-reduces it over one
+  rank, adds it into the flat partition through an fp32 temporary and copies it back into the
+  bucket: six passes over every gradient, most of the 0.10 s of copies per fp32 step that the
+  peers do not make (``benchmarks/peers.py``, 44.8M parameters, /work/notes/17.md). At DP=1
+  the bucket is not made contiguous (``contiguous_gradients`` off: each gradient stays where
+  autograd wrote it) and each gradient is added straight into its slice of the flat partition
+  the step reads: the zeroing of that partition and one add remain. That partition is kept
+  between steps and zeroed in place, not allocated afresh (a fresh buffer this large costs
+  page faults on every step; the peers keep their ``.grad`` tensors between steps too). The values are the same
+  bit for bit (x/1 = x; a bf16 -> fp32 add is exact), which the equivalence tests check
+  against DP=2, where DeepSpeed's path runs unchanged.
 
 Each touches DeepSpeed internals listed in ``dist_pretrain.versions.INTERNALS``.
 """
@@ -31,14 +44,38 @@ import torch
 ROW = 4096  # elements per fp32 partial norm; the partials are squared and summed in fp64
 
 
+CAST_ROWS = 4096  # rows of a bf16 gradient cast to fp32 at a time (64 MiB of fp32 scratch)
+_scratch: dict[torch.device, torch.Tensor] = {}  # per device, kept between steps
+
+
+def fp32_scratch(rows: int, device: torch.device) -> torch.Tensor:
+    """A reused [rows, ROW] fp32 buffer. A fresh allocation this large is served by mmap and
+    paid in page faults on every step: on this machine ~10x the cost of the cast itself."""
+    buf = _scratch.get(device)
+    if buf is None or buf.shape[0] < rows:
+        buf = _scratch[device] = torch.empty(rows, ROW, dtype=torch.float32, device=device)
+    return buf[:rows]
+
+
 def squared_norm(g: torch.Tensor, accumulate: torch.dtype = torch.float64) -> torch.Tensor:
     """Sum of squares of ``g``: fp32 norms of ``ROW``-element rows, squared and summed in
-    ``accumulate`` (fp64): as exact as an fp64 copy at fp32 speed. inf/NaN stay non-finite."""
+    ``accumulate`` (fp64): as exact as an fp64 copy at fp32 speed. inf/NaN stay non-finite.
+
+    A bf16 gradient is cast to fp32 ``CAST_ROWS`` rows at a time into a reused scratch buffer
+    (``vector_norm(dtype=float32)`` would allocate an fp32 copy of the whole gradient): the
+    same rows and fp32 values, so the same result."""
     flat = g.detach().reshape(-1)
     whole = flat.numel() // ROW * ROW
     parts = []
-    if whole:
-        parts.append(torch.linalg.vector_norm(flat[:whole].view(-1, ROW), 2, dim=1, dtype=torch.float32))
+    if whole and flat.dtype == torch.float32:
+        parts.append(torch.linalg.vector_norm(flat[:whole].view(-1, ROW), 2, dim=1))
+    elif whole:
+        rows = flat[:whole].view(-1, ROW)
+        for start in range(0, rows.shape[0], CAST_ROWS):
+            chunk = rows[start:start + CAST_ROWS]
+            cast = fp32_scratch(chunk.shape[0], g.device)
+            cast.copy_(chunk)
+            parts.append(torch.linalg.vector_norm(cast, 2, dim=1))
     if whole < flat.numel():
         parts.append(torch.linalg.vector_norm(flat[whole:], 2, dtype=torch.float32).reshape(1))
     if not parts:  # an empty gradient (a zero-size slice of a partition)
@@ -93,4 +130,41 @@ def overflow_from_norm(zero_optimizer) -> bool:
         self.overflow = False  # decided by the norm in step(): is_invalid_grad_norm
 
     opt.check_overflow = types.MethodType(check_overflow, opt)
+    return True
+
+
+def single_rank_reduction(zero_optimizer) -> bool:
+    """ZeRO-1/2 with one data-parallel rank: add each gradient into its slice of the flat
+    partition, without DeepSpeed's bucket copy, divide, flatten, all-reduce and copy-back."""
+    opt = zero_optimizer
+    needed = ("contiguous_gradients", "_buffered_reduce_fallback_preserving_fp32", "_build_compact_grad_partition_buffer",
+              "dp_process_group",
+              "bit16_groups", "param_dict", "_use_compact_grad_partition_buffer", "_get_compact_grad_partition_slice")
+    if not all(hasattr(opt, name) for name in needed) or getattr(opt, "cpu_offload", True) \
+            or getattr(opt, "overlap_comm", True):
+        return False
+    if torch.distributed.get_world_size(group=opt.dp_process_group) != 1 \
+            or getattr(opt, "sequence_parallel_size", 1) != 1 \
+            or not all(opt._use_compact_grad_partition_buffer(i) for i in range(len(opt.bit16_groups))):
+        return False
+
+    def add_into_partition(self, grads, grad_params, communication_data_type, elements_per_buffer):
+        for grad, (group, _, param_id) in zip(grads, grad_params):
+            # one rank: its partition 0 is the whole group; fp32 slice += gradient (any dtype)
+            self._get_compact_grad_partition_slice(group, 0, param_id, grad.numel()).add_(grad.reshape(-1))
+
+    build = opt._build_compact_grad_partition_buffer
+    kept: dict[int, object] = {}
+
+    def build_or_reuse(self, group_idx):
+        group = kept.get(group_idx)
+        if group is None:
+            group = kept[group_idx] = build(group_idx)
+        else:
+            group.flat_partition.zero_()
+        return group
+
+    opt.contiguous_gradients = False  # read at each reduction: gradients stay in param.grad
+    opt._buffered_reduce_fallback_preserving_fp32 = types.MethodType(add_into_partition, opt)
+    opt._build_compact_grad_partition_buffer = types.MethodType(build_or_reuse, opt)
     return True
