@@ -62,8 +62,13 @@ def report(rows: list[dict], fit: dict, corpus_tokens: int, command: str, note: 
               f"- Chinchilla fit: alpha = {ch['alpha']:.3f} and beta = {ch['beta']:.3f} against 0.34 and 0.28; "
               f"E = {ch['E']:.3g} nats is the irreducible loss of this corpus and 2,048-token vocabulary (not "
               f"comparable with MassiveText's 1.69 under a 32k vocabulary).",
-              f"- Kaplan alpha_C = {k['alpha_C']:.3f} (frontier from {k['frontier_from']}) against 0.050: at this "
-              f"scale the loss is still in its fast initial fall, so the local slope is steeper than the asymptotic one.",
+              f"- Kaplan alpha_C = {k['alpha_C']:.3f} (frontier from {k['frontier_from']}) against "
+              f"{pub['kaplan']['alpha_C']}: "
+              + (f"steeper; at this scale the loss is still in its fast initial fall, so the local slope is "
+                 f"steeper than the asymptotic one." if k["alpha_C"] > pub["kaplan"]["alpha_C"] else
+                 f"shallower, fitted over a frontier that spans "
+                 f"{max(r['flops_6nd'] for r in rows) / min(r['flops_6nd'] for r in rows):.0f}x in compute "
+                 f"(Kaplan's: about 10^8x)."),
               ""]
     for adv in fit["compute_optimal"]:
         lines.append(f"Compute-optimal advice from this fit at C = {adv['budget_flops']:.3g} FLOPs: N_opt = "
