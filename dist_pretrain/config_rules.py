@@ -260,7 +260,7 @@ def deepspeed_config(cfg: Config, dp_size: int, num_microbatches: int) -> dict:
         "wall_clock_breakdown": False,
     }
     if not cfg.deepspeed.config:
-        return generated
+        return with_defaults(generated)
     path = Path(cfg.deepspeed.config)
     try:
         merged = json.loads(path.read_text())
@@ -288,4 +288,16 @@ def deepspeed_config(cfg: Config, dp_size: int, num_microbatches: int) -> dict:
                 theirs[key] = value
 
     merge(generated, merged, "")
-    return merged
+    return with_defaults(merged)
+
+
+def with_defaults(ds: dict) -> dict:
+    """Settings a ``deepspeed.config`` JSON may override. ZeRO-1/2: ``reduce_scatter`` off, so a
+    gradient bucket is all-reduced in place and each rank adds its partition's slice into its
+    flat gradient partition. DeepSpeed's reduce-scatter path instead flattens the bucket again
+    (a copy), reduces it, and copies the result back into the bucket (a second copy) on every
+    step; on CPU with gloo the in-place all-reduce is the cheaper one (``benchmarks/peers.py``)."""
+    zero = ds.get("zero_optimization", {})
+    if zero.get("stage") in (1, 2):
+        zero.setdefault("reduce_scatter", False)
+    return ds

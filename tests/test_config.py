@@ -453,8 +453,17 @@ CPU = {"device": "cpu"}
 
 def test_deepspeed_zero_and_clipping_follow_config():
     ds = deepspeed_config(tiny("parallel.zero_stage=2", "train.grad_clip=0.5"), 1, 4)
-    assert ds["zero_optimization"] == {"stage": 2, "offload_optimizer": OFF, "offload_param": OFF}
+    # reduce_scatter off: a default (config_rules.with_defaults) that a deepspeed.config JSON may change
+    assert ds["zero_optimization"] == {"stage": 2, "offload_optimizer": OFF, "offload_param": OFF,
+                                       "reduce_scatter": False}
     assert ds["gradient_clipping"] == 0.5
+
+
+def test_deepspeed_json_may_turn_reduce_scatter_back_on(tmp_path):
+    theirs = {"zero_optimization": {"reduce_scatter": True}}
+    ds = deepspeed_config(tiny("parallel.zero_stage=1", f"deepspeed.config={_ds_json(tmp_path, theirs)}"), 1, 4)
+    assert ds["zero_optimization"]["reduce_scatter"] is True
+    assert "reduce_scatter" not in deepspeed_config(tiny("parallel.zero_stage=3"), 1, 4)["zero_optimization"]
 
 
 @pytest.mark.parametrize(
@@ -643,7 +652,7 @@ def test_deepspeed_passthrough_merges_non_contradicting_keys(tmp_path):
     validate(cfg, 1)
     ds = deepspeed_config(cfg, 1, 4)
     assert ds["zero_optimization"] == {"stage": 1, "reduce_bucket_size": 5e7, "overlap_comm": True,
-                                       "offload_optimizer": OFF, "offload_param": OFF}
+                                       "offload_optimizer": OFF, "offload_param": OFF, "reduce_scatter": False}
     assert ds["train_batch_size"] == 8
     assert ds["communication_data_type"] == "fp32"
     assert ds["train_micro_batch_size_per_gpu"] == 8 and ds["gradient_accumulation_steps"] == 1
