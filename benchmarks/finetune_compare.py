@@ -66,8 +66,12 @@ def _finished(run_dir: Path) -> bool:
 
 
 def result(run_dir: Path, metric: str) -> dict[str, float]:
+    """The best validation value (absent when the run validated never: train.eval_interval=0,
+    then the test metrics are those of the final weights) and the test metrics."""
     last = _history(run_dir)[-1]
-    out = {f"val/best_{metric}": last[f"val/best_{metric}"]}
+    out = {}
+    if f"val/best_{metric}" in last:
+        out[f"val/best_{metric}"] = last[f"val/best_{metric}"]
     out.update({k: v for k, v in last.items() if k.startswith("test/")})
     return out
 
@@ -118,8 +122,11 @@ def main(argv=None) -> int:
                 seconds[(arm, seed)] = run(args.config, run_dir, [*args.overrides, f"seed={seed}", *extra])
     results = {arm: [result(root / f"{arm}-{s}", metric) for s in args.seeds] for arm in arms}
     keys = list(results["pretrained"][0])
+    budget = f"{cfg.train.epochs} epochs" if cfg.train.epochs else f"{cfg.train.steps} steps"
+    validation = (f"validation every {cfg.train.eval_interval} steps and at each epoch end, test at the best"
+                  if cfg.train.eval_interval else "no validation (train.eval_interval=0): test of the final weights")
     lines = [f"## Fine-tuning from the pretrained checkpoint vs from scratch ({cfg.task.name})", "",
-             f"config `{args.config}` {' '.join(args.overrides)}; {cfg.train.epochs or '-'} epochs, "
+             f"config `{args.config}` {' '.join(args.overrides)}; {budget}, {validation}; "
              f"seeds {', '.join(map(str, args.seeds))}; machine {platform.node()} ({os.cpu_count()} CPUs)",
              f"pretraining: {pretraining_budget(cfg.checkpoint.init_from)}", "",
              "| init | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
