@@ -38,13 +38,18 @@ def _config(config: str, overrides: list[str]):
     return load_config(config, overrides)
 
 
+def command(config: str, run_dir: Path, overrides: list[str]) -> list[str]:
+    """The training command of one run. Its run_dir comes last: the overrides may name a
+    run_dir too (the root of all runs, as demo.sh does), and the last value wins."""
+    return ["bash", str(ROOT / "launchers/torchrun.sh"), config, *overrides, f"run_dir={run_dir}"]
+
+
 def run(config: str, run_dir: Path, overrides: list[str]) -> float:
     """Train unless run_dir already holds the finished run; returns wall seconds (0 if read)."""
     if _finished(run_dir):
         return 0.0
     t0 = time.perf_counter()
-    subprocess.run(["bash", str(ROOT / "launchers/torchrun.sh"), config, f"run_dir={run_dir}", *overrides],
-                   check=True, cwd=ROOT)
+    subprocess.run(command(config, run_dir, overrides), check=True, cwd=ROOT)
     return time.perf_counter() - t0
 
 

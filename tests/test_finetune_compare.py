@@ -5,7 +5,8 @@ metrics are the final weights'). The runs' histories are written here as the tra
 import json
 from pathlib import Path
 
-from benchmarks.finetune_compare import main
+from benchmarks.finetune_compare import command, main
+from dist_pretrain.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs/t5/text2text.yaml")
@@ -42,3 +43,9 @@ def test_table_with_validation_keeps_the_best_validation_value(tmp_path, capsys)
     assert "| init | val/best_rouge_l | test/rouge_l |" in out
     assert "| pretrained | 0.5000 | 0.2500 |" in out
     assert "| scratch | 0.3750 | 0.1875 |" in out
+
+
+def test_each_run_has_its_own_run_dir_whatever_the_overrides_say(tmp_path):
+    """demo.sh passes run_dir=ROOT among the overrides; each arm must still train in ROOT/ARM-SEED."""
+    cmd = command(CONFIG, tmp_path / "scratch-1", [f"run_dir={tmp_path}", "checkpoint.init_from=null"])
+    assert load_config(cmd[2], cmd[3:]).run_dir == str(tmp_path / "scratch-1")
