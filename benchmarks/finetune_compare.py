@@ -130,7 +130,8 @@ def main(argv=None) -> int:
                 seconds[(arm, seed)] = run(args.config, run_dir, [*args.overrides, f"seed={seed}", *extra])
     results = {arm: [result(root / f"{arm}-{s}", metric) for s in args.seeds] for arm in arms}
     keys = list(results["pretrained"][0])
-    budget = f"{cfg.train.epochs} epochs" if cfg.train.epochs else f"{cfg.train.steps} steps"
+    budget = (f"{cfg.train.epochs} epoch{'s' * (cfg.train.epochs != 1)}" if cfg.train.epochs
+              else f"{cfg.train.steps} steps")
     validation = (f"validation every {cfg.train.eval_interval} steps and at each epoch end, test at the best"
                   if cfg.train.eval_interval else "no validation (train.eval_interval=0): test of the final weights")
     lines = [f"## Fine-tuning from the pretrained checkpoint vs from scratch ({cfg.task.name})", "",
