@@ -11,6 +11,9 @@ its run_dir (history.jsonl reaching train.steps) is read, not repeated. Reported
 the best validation value of the config's ``task.best_metric`` and the test metrics of that
 checkpoint; then mean ± std (sample std, n - 1) per arm, and the pretraining budget
 (steps x global batch x sequence length of the checkpoint fine-tuning started from).
+With ``train.eval_interval=0`` a run validates never: its test metrics are those of the final
+weights, and the table says so. ``launchers/demo.sh t5-text2text`` runs this script that way,
+with fewer steps than the config (a demo of about 10 minutes on 2 CPU cores; see the README).
 """
 
 from __future__ import annotations
@@ -35,13 +38,18 @@ def _config(config: str, overrides: list[str]):
     return load_config(config, overrides)
 
 
+def command(config: str, run_dir: Path, overrides: list[str]) -> list[str]:
+    """The training command of one run. Its run_dir comes last: the overrides may name a
+    run_dir too (the root of all runs, as demo.sh does), and the last value wins."""
+    return ["bash", str(ROOT / "launchers/torchrun.sh"), config, *overrides, f"run_dir={run_dir}"]
+
+
 def run(config: str, run_dir: Path, overrides: list[str]) -> float:
     """Train unless run_dir already holds the finished run; returns wall seconds (0 if read)."""
     if _finished(run_dir):
         return 0.0
     t0 = time.perf_counter()
-    subprocess.run(["bash", str(ROOT / "launchers/torchrun.sh"), config, f"run_dir={run_dir}", *overrides],
-                   check=True, cwd=ROOT)
+    subprocess.run(command(config, run_dir, overrides), check=True, cwd=ROOT)
     return time.perf_counter() - t0
 
 
@@ -66,8 +74,12 @@ def _finished(run_dir: Path) -> bool:
 
 
 def result(run_dir: Path, metric: str) -> dict[str, float]:
+    """The best validation value (absent when the run validated never: train.eval_interval=0,
+    then the test metrics are those of the final weights) and the test metrics."""
     last = _history(run_dir)[-1]
-    out = {f"val/best_{metric}": last[f"val/best_{metric}"]}
+    out = {}
+    if f"val/best_{metric}" in last:
+        out[f"val/best_{metric}"] = last[f"val/best_{metric}"]
     out.update({k: v for k, v in last.items() if k.startswith("test/")})
     return out
 
@@ -118,8 +130,12 @@ def main(argv=None) -> int:
                 seconds[(arm, seed)] = run(args.config, run_dir, [*args.overrides, f"seed={seed}", *extra])
     results = {arm: [result(root / f"{arm}-{s}", metric) for s in args.seeds] for arm in arms}
     keys = list(results["pretrained"][0])
+    budget = (f"{cfg.train.epochs} epoch{'s' * (cfg.train.epochs != 1)}" if cfg.train.epochs
+              else f"{cfg.train.steps} steps")
+    validation = (f"validation every {cfg.train.eval_interval} steps and at each epoch end, test at the best"
+                  if cfg.train.eval_interval else "no validation (train.eval_interval=0): test of the final weights")
     lines = [f"## Fine-tuning from the pretrained checkpoint vs from scratch ({cfg.task.name})", "",
-             f"config `{args.config}` {' '.join(args.overrides)}; {cfg.train.epochs or '-'} epochs, "
+             f"config `{args.config}` {' '.join(args.overrides)}; {budget}, {validation}; "
              f"seeds {', '.join(map(str, args.seeds))}; machine {platform.node()} ({os.cpu_count()} CPUs)",
              f"pretraining: {pretraining_budget(cfg.checkpoint.init_from)}", "",
              "| init | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
