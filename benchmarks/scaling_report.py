@@ -57,6 +57,10 @@ def report(rows: list[dict], fit: dict, corpus_tokens: int, command: str, note: 
                  if k["alpha_N"] < 0.5 * pub["kaplan"]["alpha_N"] else "L(N) falls with size as expected."),
               f"- Repeated data: the largest run reads {d.max() / corpus_tokens:.1%} of the {corpus_tokens:,}-token "
               f"training split, so no run sees a token twice; repetition does not explain the differences.",
+              f"- Training vs validation loss: at each run's end its training-loss curve is "
+              f"{np.median([r['loss'] - r['curve'][-1][1] for r in rows if r.get('curve')]):.2f} nats below its "
+              f"validation loss (median over runs). The L(C) frontier is drawn from the training curves, so its "
+              f"level is not comparable with the validation losses of L(N) and L(D); its slope is.",
               f"- Noise: the validation standard error is {np.median(se):.4f} (median) against a loss spread of "
               f"{spread:.3f} over all runs; the bootstrap intervals above carry the fit's uncertainty.",
               f"- Chinchilla fit: alpha = {ch['alpha']:.3f} and beta = {ch['beta']:.3f} against 0.34 and 0.28; "

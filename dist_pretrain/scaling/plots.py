@@ -55,7 +55,8 @@ def scaling_laws(fit: dict, out: Path) -> Path:
     n, ln = k["points"]["N"]
     _law_panel(axes[2], n, ln, k["alpha_N"], k["N_c"], "N", "Parameters N (non-embedding)", "tab:red")
     axes[2].set_title("Loss vs parameters (most tokens per size)", fontsize=10)
-    axes[0].set_ylabel("Validation loss (nats/token)")
+    # the compute frontier may come from the runs' training-loss curves; D and N are validation losses
+    axes[0].set_ylabel("Loss (nats/token): validation for D and N")
     fig.tight_layout()
     path = out / "scaling_laws.png"
     fig.savefig(path, dpi=120)
