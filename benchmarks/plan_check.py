@@ -95,9 +95,10 @@ def table(rows_: list[dict]) -> str:
         if r["kind"] == "memory":
             lines.append(f"| | | parameters on the rank | {r['psi'][0]:,} | {r['psi'][1]:,} | "
                          f"{r['psi'][1] / r['psi'][0]:.3f} |")
-            if r["buckets"][1]:
+            if r["buckets"][0] or r["buckets"][1]:
+                ratio = f"{r['buckets'][1] / r['buckets'][0]:.3f}" if r["buckets"][0] else "-"
                 lines.append(f"| | | reduction bucket | {r['buckets'][0] / mib:,.1f} MiB | "
-                             f"{r['buckets'][1] / mib:,.1f} MiB | {r['buckets'][1] / r['buckets'][0]:.3f} |")
+                             f"{r['buckets'][1] / mib:,.1f} MiB | {ratio} |")
     return "\n".join(lines)
 
 

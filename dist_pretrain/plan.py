@@ -89,6 +89,8 @@ def model_state_bytes(psi: int, dp: int, stage: int, precision: str, ds: dict | 
     largest = max(max(g) for g in groups)
     partition = psi / dp
     bucket = e * float(zero.get("reduce_bucket_size", DS_REDUCE_BUCKET))
+    if stage in (1, 2) and dp == 1 and not offload_optimizer and not zero.get("overlap_comm", False):
+        bucket = 0.0  # one DP rank: gradients are added straight into the partition (zero_step.single_rank_reduction)
     # Adam m and v; the fp32 master partition only for bf16 weights (fp32 weights are their own
     # master: alias_fp32_master), and always with offload (its host copy is not aliased)
     optimizer = (8 + (4 if e == 2 or offload_optimizer else 0)) * partition
