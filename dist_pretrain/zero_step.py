@@ -21,7 +21,7 @@ DeepSpeed's step skips the update on a non-finite norm whenever ``check_grad_ove
 * ``single_rank_reduction``: with one rank in the data-parallel group, ZeRO's reduction is the
   identity, yet DeepSpeed 0.19.8 still copies every gradient into a contiguous bucket, divides
   the bucket by 1, flattens it again (``allreduce_bucket``: a ``cat``), all-reduces it over one
-  rank, adds it into the flat partition through an fp32 temporary and copies it back into the
+  rank, adds it into the flat partition through a temporary and copies it back into the
   bucket: six passes over every gradient, most of the 0.10 s of copies per fp32 step that the
   peers do not make (``benchmarks/peers.py``, 44.8M parameters, /work/notes/17.md). At DP=1
   the bucket is not made contiguous (``contiguous_gradients`` off: each gradient stays where
@@ -29,8 +29,8 @@ DeepSpeed's step skips the update on a non-finite norm whenever ``check_grad_ove
   the step reads: the zeroing of that partition and one add remain. That partition is kept
   between steps and zeroed in place, not allocated afresh (a fresh buffer this large costs
   page faults on every step; the peers keep their ``.grad`` tensors between steps too). The values are the same
-  bit for bit (x/1 = x; a bf16 -> fp32 add is exact), which the equivalence tests check
-  against DP=2, where DeepSpeed's path runs unchanged.
+  bit for bit (x/1 = x, and the add into the partition's dtype is the one DeepSpeed makes):
+  ``tests/test_zero_step.py`` compares with DeepSpeed's path; the equivalence tests with DP=2.
 
 Each touches DeepSpeed internals listed in ``dist_pretrain.versions.INTERNALS``.
 """
@@ -150,7 +150,7 @@ def single_rank_reduction(zero_optimizer) -> bool:
 
     def add_into_partition(self, grads, grad_params, communication_data_type, elements_per_buffer):
         for grad, (group, _, param_id) in zip(grads, grad_params):
-            # one rank: its partition 0 is the whole group; fp32 slice += gradient (any dtype)
+            # one rank: its partition 0 is the whole group; slice (fp32, or bf16 in bf16) += gradient
             self._get_compact_grad_partition_slice(group, 0, param_id, grad.numel()).add_(grad.reshape(-1))
 
     build = opt._build_compact_grad_partition_buffer
