@@ -88,6 +88,9 @@ def main(argv=None) -> None:
         # ~1M tokens (a sweep's loss at a budget then depends on which block its decay ends in)
         random.Random(i).shuffle(docs)
         _write_jsonl_gz(os.path.join(out, f"c4-train.{i:05d}-of-{args.train_files:05d}.json.gz"), docs)
+    # the sweep's fixed validation set is the first batches of this file: shuffled, it samples every
+    # source in proportion (in source order it was nearly all Wikipedia)
+    random.Random(args.train_files).shuffle(valid)
     _write_jsonl_gz(os.path.join(out, "c4-validation.00000-of-00001.json.gz"), valid)
     print(f"{n} documents ({len(valid)} validation) in {out}")
 
