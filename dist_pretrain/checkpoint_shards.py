@@ -14,7 +14,7 @@ from megatron.core import parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
 
 
-def _inner(chunk: torch.nn.Module) -> torch.nn.Module:
+def bare_model(chunk: torch.nn.Module) -> torch.nn.Module:
     """The megatron model inside EngineChunk / DDP / Float16Module wrappers."""
     while hasattr(chunk, "module"):
         chunk = chunk.module
@@ -35,22 +35,21 @@ def parameter_shards(chunks: list[torch.nn.Module]) -> list[tuple[torch.nn.Param
     by_id = {}
     out = []
     for chunk in chunks:
-        model = _inner(chunk)
+        model = bare_model(chunk)
         for p in model.parameters():
             by_id[id(p)] = p
-        with whole_parameters(model):
-            sharded = model.sharded_state_dict(prefix="", metadata=metadata).values()
-        for st in sharded:
-            if not isinstance(st, (ShardedTensor, ShardedTensorFactory)) or id(st.data) not in by_id:
-                continue
-            p = by_id[id(st.data)]
-            if isinstance(st, ShardedTensorFactory):
-                st = gated_shard(st)
-            # only the key, shape and offsets are used: drop the reference to the weights
-            st = dataclasses.replace(st, data=torch.empty(st.local_shape, dtype=st.dtype, device="meta"))
-            if getattr(p, "shared", False) and isinstance(st.replica_id, tuple):
-                st = dataclasses.replace(st, replica_id=(1, *st.replica_id[1:]))
-            out.append((p, st))
+        with whole_parameters(model):  # a factory's pieces are built from the whole (ZeRO-3: gathered) weight
+            for st in model.sharded_state_dict(prefix="", metadata=metadata).values():
+                if not isinstance(st, (ShardedTensor, ShardedTensorFactory)) or id(st.data) not in by_id:
+                    continue
+                p = by_id[id(st.data)]
+                if isinstance(st, ShardedTensorFactory):
+                    st = gated_shard(st)
+                # only the key, shape and offsets are used: drop the reference to the weights
+                st = dataclasses.replace(st, data=torch.empty(st.local_shape, dtype=st.dtype, device="meta"))
+                if getattr(p, "shared", False) and isinstance(st.replica_id, tuple):
+                    st = dataclasses.replace(st, replica_id=(1, *st.replica_id[1:]))
+                out.append((p, st))
     return out
 
 

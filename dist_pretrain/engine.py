@@ -127,6 +127,7 @@ class ZeroEngine:
         import deepspeed  # its version is checked at start-up (dist_pretrain.versions)
 
         self.num_chunks = len(chunks)
+        self._evaluated = False  # in eval mode since the last train(True)
         self.num_microbatches = num_microbatches
         self._mark_tied_copies(chunks)
         groups = param_groups(chunks, train_cfg.weight_decay, head, head_lr_mult)
@@ -300,4 +301,10 @@ class ZeroEngine:
         """ZeRO clears its own gradients after each step."""
 
     def train(self, mode: bool = True) -> None:
+        """Back to training after an evaluation, ZeRO-3 releases every gathered parameter: forward
+        passes without a backward (a fine-tuning evaluation generates with one pass per position)
+        can leave prefetched ones in flight, and a checkpoint's gather would then fail on them."""
+        if mode and self.zero3 and self._evaluated:
+            self.engine.empty_partition_cache()
+        self._evaluated = not mode
         self.engine.train(mode)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from megatron.core import parallel_state
 
+from dist_pretrain.checkpoint_shards import bare_model
 from dist_pretrain.config import TASK_METRICS as METRICS
 from dist_pretrain.optim_groups import is_head_parameter
 
@@ -117,7 +118,12 @@ class Evaluator:
         return dict(_gather(t.task.collected if _holds_outputs(t.rt) else []))
 
     def _generate(self, data, steps: int) -> dict[int, list[int]]:
-        """Greedy generation of every example, a global batch at a time (see tasks/text_to_text.py)."""
+        """Greedy generation of every example, a global batch at a time: with the encoder once and
+        the decoder's KV caches (``inference.seq2seq.greedy_targets``), or, under ZeRO-3 (whose
+        partitioned weights only the engine's forward gathers), through the training schedule
+        once per position (see tasks/text_to_text.py)."""
+        if self.cfg.parallel.zero_stage != 3:
+            return self._generate_cached(data, steps)
         t, cfg = self.trainer, self.cfg
         eos, pad = (t.task.tokenizer(cfg).special_ids[k] for k in ("eos", "pad"))
         length = min(cfg.task.max_new_tokens or cfg.model.decoder_length, cfg.model.decoder_length)
@@ -144,6 +150,26 @@ class Evaluator:
             finally:
                 t.task.position = None
         return {i: tokens[:tokens.index(eos)] if eos in tokens else tokens for i, tokens in out.items()}
+
+    def _generate_cached(self, data, steps: int) -> dict[int, list[int]]:
+        from dist_pretrain.inference.model import known_vocab
+        from dist_pretrain.inference.seq2seq import greedy_targets
+
+        t, cfg = self.trainer, self.cfg
+        tok = t.task.tokenizer(cfg)
+        eos, pad = (tok.special_ids[k] for k in ("eos", "pad"))
+        length = min(cfg.task.max_new_tokens or cfg.model.decoder_length, cfg.model.decoder_length)
+        model = bare_model(t.engine.model_chunks[0])
+        vocab = known_vocab({}, cfg, tok, t.vocab_size)
+        out: list[tuple[int, list[int]]] = []
+        for _ in range(steps):  # this replica's micro-batches of a global batch, decoded as one batch
+            micro = [next(data) for _ in range(t.num_microbatches)]
+            batch = {k: torch.cat([mb[k] for mb in micro]) for k in ("enc_tokens", "enc_mask", "weight", "index")}
+            live = batch["weight"] > 0
+            targets = greedy_targets(model, batch["enc_tokens"], batch["enc_mask"], pad, eos, length, vocab, live)
+            if targets is not None and _holds_outputs(t.rt):
+                out += [(i, targets[row]) for row, i in enumerate(batch["index"].tolist()) if live[row]]
+        return dict(_gather(out))
 
 
 class Selection:

@@ -1,6 +1,6 @@
-"""T5 text-to-text fine-tuning: the greedy generation that validation runs through the training
-schedule gives, for every validation example, the tokens of transformers'
-``T5ForConditionalGeneration.generate(do_sample=False)``, at one process and at PP2.
+"""T5 text-to-text fine-tuning: the greedy generation that validation runs gives, for every
+validation example, the tokens of transformers' ``T5ForConditionalGeneration.generate(do_sample=False)``:
+with KV caches at PP2 and TP2, and through the training schedule under ZeRO-3 (``LAYOUTS``).
 
 What a user does, end to end: a HF T5 v1.1 (relative position bias, RMSNorm, gated GELU, no
 biases, untied head) saved with its T5 SentencePiece tokenizer is imported
@@ -96,8 +96,15 @@ if __name__ == "__main__":
     return root
 
 
-@pytest.mark.parametrize("pipeline", [1, 2], ids=["one-process", "pp2"])
-def test_text2text_validation_generation_equals_transformers_generate(t5_text2text, pipeline):
+LAYOUTS = {  # (tensor, pipeline, ZeRO stage): one process under ZeRO-3 generates through the training
+    # schedule (one pass per position); the others with the encoder once and the decoder's KV caches,
+    # at PP2 across the stages (the encoder output sent once) and at TP2 with heads and vocab split
+    "one-process-zero3-schedule": (1, 1, 3), "pp2-kv-cache": (1, 2, 1), "tp2-kv-cache": (2, 1, 1)}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_text2text_validation_generation_equals_transformers_generate(t5_text2text, layout):
+    tensor, pipeline, zero = LAYOUTS[layout]
     root = t5_text2text
     ref = json.loads((root / "reference.json").read_text())
     rows_ref = ref["rows"]
@@ -110,7 +117,7 @@ def test_text2text_validation_generation_equals_transformers_generate(t5_text2te
 
     model = yaml.safe_load((root / "ours" / "config.yaml").read_text())["model"]
     keys = [f"model.{k}={v}" for k, v in model.items() if k not in ("seq_length", "vocab_size")]
-    run_dir = root / f"run-pp{pipeline}"
+    run_dir = root / f"run-{layout}"
     env = {**os.environ, "PYTHON": sys.executable}
     proc = run_group(["bash", str(ROOT / "launchers/torchrun.sh"), "configs/t5/text2text.yaml", f"run_dir={run_dir}",
                       f"data.path={root / 'data'}", f"checkpoint.init_from={root / 'ours'}", *keys,
@@ -119,7 +126,8 @@ def test_text2text_validation_generation_equals_transformers_generate(t5_text2te
                       "train.lr=1e-3", "train.min_lr=0.0", "train.weight_decay=0.0", "train.eval_interval=1",
                       "train.micro_batch_size=2", "train.global_batch_size=4", "train.log_interval=1",
                       "train.threads=1", "monitor.peak_tflops=1", f"parallel.pipeline={pipeline}",
-                      "--nproc", str(pipeline)], 400, cwd=ROOT, env=env)
+                      f"parallel.tensor={tensor}", f"parallel.zero_stage={zero}", "--nproc", str(tensor * pipeline)],
+                     400, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [1] and history[0]["train/lr"] == 0.0  # the weights did not move

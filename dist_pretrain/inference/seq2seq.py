@@ -164,6 +164,45 @@ def decoder_step(model: torch.nn.Module, tokens: torch.Tensor, cache: DecoderCac
     return full_vocab(logits)[0]
 
 
+@torch.no_grad()
+def greedy_targets(model: torch.nn.Module, enc_ids: torch.Tensor, enc_real: torch.Tensor, start_id: int,
+                   eos_id: int, max_new_tokens: int, vocab_size: int, live: torch.Tensor) -> list[list[int]] | None:
+    """Greedy target ids (EOS and what follows cut off) of a batch of encoder inputs
+    (``enc_ids`` [b, s], ``enc_real`` 1 = real token, padding on the right), with the caches
+    above: the encoder runs once, then one decoder position a step, until every ``live`` row
+    has produced EOS or ``max_new_tokens`` are made. Argmax over the first ``vocab_size`` ids.
+
+    At PP=2 (``dist_pretrain.models.t5``: the encoder on stage 0, the decoder on stage 1) the
+    encoder stage sends its output to the decoder stage once and returns None; the decoder
+    stage receives it and decodes alone, so no message crosses the stages per token. Every rank
+    of a stage must call this with the same batch (TP ranks split heads and the vocab)."""
+    width = int(enc_real.sum(1).max())  # columns of padding only are masked everywhere: dropped
+    enc_ids, enc_mask = enc_ids[:, :width], (enc_real[:, :width] == 0)[:, None, None, :]
+    b = enc_ids.shape[0]
+    if model.add_encoder:
+        encoder_out = model(enc_ids, None, enc_mask, None, None, output_encoder_hidden_only=True)
+        if not model.add_decoder:
+            torch.distributed.send(encoder_out.contiguous(), parallel_state.get_pipeline_model_parallel_next_rank())
+            return None
+    else:
+        encoder_out = torch.empty(width, b, model.config.hidden_size, device=enc_ids.device,
+                                  dtype=next(model.parameters()).dtype)
+        torch.distributed.recv(encoder_out, parallel_state.get_pipeline_model_parallel_prev_rank())
+    cache = DecoderCache(model, encoder_out, max_new_tokens)
+    tokens = torch.full((b,), start_id, dtype=torch.long, device=enc_ids.device)
+    out: list[list[int]] = [[] for _ in range(b)]
+    running = live.clone()
+    for _ in range(max_new_tokens):
+        tokens = decoder_step(model, tokens, cache, enc_mask)[:, :vocab_size].argmax(-1)
+        for row in running.nonzero()[:, 0].tolist():
+            if tokens[row] != eos_id:
+                out[row].append(int(tokens[row]))
+        running &= tokens != eos_id
+        if not running.any():
+            break
+    return out
+
+
 def encode_sources(lm: Seq2SeqLM, prompts: Sequence[str]) -> tuple[list[list[int]], list[int]]:
     """Each prompt's ids and EOS, cut on the right to the encoder length (EOS kept); the number
     of tokens cut per prompt."""
