@@ -8,8 +8,9 @@ An example is the encoder input ``input EOS`` and the teacher-forced decoder inp
 Loss: cross-entropy summed over the real target tokens; the count passed to megatron is
 at least 1, so a micro-batch made only of an epoch's padding divides 0 by 1.
 
-Evaluation (``dist_pretrain.finetune``) generates greedily, one token a step, through
-the same pipeline schedule as training, so it runs at any TP / PP layout: the decoder
+Evaluation (``dist_pretrain.finetune``) generates greedily with the decoder's KV caches
+(``inference.seq2seq.greedy_targets``). Under ZeRO-3 it generates one token a step through
+the training schedule instead, which is what ``TextToText.position`` serves: the decoder
 input holds the tokens so far (the causal self-attention makes the positions after them
 irrelevant), the last stage takes the argmax of the vocab-parallel logits at the current
 position, and every rank learns the new tokens. Scores: exact match (after whitespace
