@@ -17,6 +17,7 @@ checkpoint's test predictions (validation ones when there is no test split).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -188,6 +189,7 @@ class Selection:
     def evaluate(self, step: int) -> dict[str, float]:
         """val/* values at ``step`` (and val/best_<metric>); at a new best the test split is
         evaluated too and ``best_step`` becomes ``step``."""
+        start = time.perf_counter()
         metrics, rows = self.evaluator.evaluate("valid")
         value = metrics[self.metric]
         improved = self.best is None or (value > self.best if self.larger_is_better else value < self.best)
@@ -201,12 +203,15 @@ class Selection:
         values[f"val/best_{self.metric}"] = self.best
         if self.trainer.rt.is_logging_rank:
             shown = " | ".join(f"{k.removeprefix('val/')} {v:.4f}" for k, v in values.items())
-            print(f"validation at step {step}: {shown}{' (new best)' if improved else ''}", flush=True)
+            print(f"validation at step {step}: {shown}{' (new best)' if improved else ''} "
+                  f"[{time.perf_counter() - start:.1f} s{' with the test split' if improved and self.has_test else ''}]",
+                  flush=True)
         return values
 
     def final(self) -> dict[str, float]:
         """The test metrics of the best checkpoint, logged at the last step. Without validation
         (train.eval_interval=0) the final weights are tested."""
+        start = time.perf_counter()
         if self.best is None and self.has_test:
             test, rows = self.evaluator.evaluate("test")
             self.test = {f"test/{k}": v for k, v in test.items()}
@@ -214,7 +219,8 @@ class Selection:
         if self.test and self.trainer.rt.is_logging_rank:
             where = f"best validation {self.metric} at step {self.best_step}" if self.best is not None else "final"
             shown = " | ".join(f"{k.removeprefix('test/')} {v:.4f}" for k, v in self.test.items())
-            print(f"test ({where}): {shown}", flush=True)
+            took = f" [{time.perf_counter() - start:.1f} s]" if self.best is None else ""
+            print(f"test ({where}): {shown}{took}", flush=True)
         return dict(self.test)
 
     def mark_best(self, root: Path, step: int) -> None:
