@@ -50,11 +50,13 @@ def report(rows: list[dict], fit: dict, corpus_tokens: int, command: str, note: 
               f"(median), which Kaplan showed bends L(N) when counted; they are excluded here as there.",
               f"- Training length: D/N is {np.min(d / n):.2f} to {np.max(d / n):.2f} tokens per parameter; "
               f"Chinchilla's compute-optimal ratio is about 20. "
-              + (f"Kaplan's L(N) takes each size's longest run, here {d.max():,.0f} tokens for every size, which "
-                 f"is {d.max() / n.max():.1f} tokens per parameter for the largest model: it has had too few steps "
-                 f"to use its size, so L(N) is nearly flat (alpha_N = {k['alpha_N']:.3f}) and the loss is set by "
-                 f"the tokens seen (alpha_D = {k['alpha_D']:.3f}, close to Kaplan's 0.095)."
-                 if k["alpha_N"] < 0.5 * pub["kaplan"]["alpha_N"] else "L(N) falls with size as expected."),
+              + f"Kaplan's L(N) takes each size's longest run, here {d.max():,.0f} tokens for every size: "
+              f"{d.max() / n.max():.1f} tokens per parameter for the largest model. alpha_N = {k['alpha_N']:.3f} is "
+              f"{k['alpha_N'] / pub['kaplan']['alpha_N']:.0%} of Kaplan's {pub['kaplan']['alpha_N']}"
+              + (f"; the larger models stop before they can use their size (Kaplan's L(N) is for models trained "
+                 f"to convergence), so L(N) comes out shallower and the loss is mostly set by the tokens seen "
+                 f"(alpha_D = {k['alpha_D']:.3f}, Kaplan's 0.095)."
+                 if d.max() / n.max() < 20 and k["alpha_N"] < 0.75 * pub["kaplan"]["alpha_N"] else "."),
               f"- Repeated data: the largest run reads {d.max() / corpus_tokens:.1%} of the {corpus_tokens:,}-token "
               f"training split, so no run sees a token twice; repetition does not explain the differences.",
               f"- Training vs validation loss: at each run's end its training-loss curve is "
