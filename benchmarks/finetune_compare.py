@@ -118,7 +118,13 @@ def main(argv=None) -> int:
     p.add_argument("--root", default=None, help="run directories (default: the config's run_dir)")
     p.add_argument("--report-only", action="store_true", help="read finished runs, train none")
     args = p.parse_args(argv)
-    cfg = _config(args.config, args.overrides)
+    sys.path.insert(0, str(ROOT))
+    from dist_pretrain.errors import UserError, report_user_error
+
+    try:  # a bad config or override: one error line, before any run starts
+        cfg = _config(args.config, args.overrides)
+    except UserError as err:
+        return report_user_error(err)
     metric = cfg.task.best_metric or {"classification": "accuracy", "text_to_text": "rouge_l"}[cfg.task.name]
     root = Path(args.root or cfg.run_dir)
     arms = {"pretrained": [], "scratch": ["checkpoint.init_from=null"]}

@@ -49,3 +49,10 @@ def test_each_run_has_its_own_run_dir_whatever_the_overrides_say(tmp_path):
     """demo.sh passes run_dir=ROOT among the overrides; each arm must still train in ROOT/ARM-SEED."""
     cmd = command(CONFIG, tmp_path / "scratch-1", [f"run_dir={tmp_path}", "checkpoint.init_from=null"])
     assert load_config(cmd[2], cmd[3:]).run_dir == str(tmp_path / "scratch-1")
+
+
+def test_a_bad_override_is_one_error_line_before_any_run(tmp_path, capsys):
+    assert main(["configs/bert/sentiment.yaml", "train.stepz=75", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [line for line in err if line.startswith("error: ")] and "train.stepz" in err[0]
+    assert "Traceback" not in "".join(err) and not list(tmp_path.iterdir())
