@@ -55,7 +55,12 @@ from dist_pretrain.zero_memory import (
     use_compact_gradient_partitions,
     zero3_defaults,
 )
-from dist_pretrain.zero_step import foreach_grad_norm, overflow_from_norm, single_rank_reduction
+from dist_pretrain.zero_step import (
+    foreach_grad_norm,
+    kept_fp32_gradient_cast,
+    overflow_from_norm,
+    single_rank_reduction,
+)
 
 
 class MegatronMPU:
@@ -167,6 +172,7 @@ class ZeroEngine:
             foreach_grad_norm(self.engine.optimizer)
             overflow_from_norm(self.engine.optimizer)
             single_rank_reduction(self.engine.optimizer)
+            kept_fp32_gradient_cast(self.engine.optimizer)
         alias_fp32_master(self.engine.optimizer)
         self._backwards_this_step = 0
         self._wrap_backward_prologue()

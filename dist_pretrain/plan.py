@@ -110,6 +110,8 @@ def model_state_bytes(psi: int, dp: int, stage: int, precision: str, ds: dict | 
             cast = [(e * sum(subs[i:]) + (4 if e == 2 else 0) * subs[i]) / dp for i in range(len(subs))]
             # ZeRO-1 holds full gradients until the step, which casts its first sub-group
             grads = e * psi + (4 * subs[0] / dp if e == 2 else 0) if stage == 1 else max(cast)
+            if e == 2 and dp == 1:  # the cast goes into a buffer of the largest sub-group, kept
+                grads = e * psi + 4 * max(subs)  # between steps (zero_step.kept_fp32_gradient_cast)
     else:
         # the partition, plus what DeepSpeed keeps gathered: up to stage3_max_live_parameters (the
         # engine's default: the largest parameter, zero3_defaults) and at least the largest

@@ -45,6 +45,8 @@ INTERNALS = {
         "stage_1_and_2 at DP=1: contiguous_gradients turned off after init and "
         "_buffered_reduce_fallback_preserving_fp32 replaced (_get_compact_grad_partition_slice), "
         "_build_compact_grad_partition_buffer reused (GradPartitionBufferGroup.flat_partition) (zero_step.py)",
+        "stage_1_and_2 bf16 at DP=1 on CPU: _get_preflattened_grad_partition wrapped to cast into a kept fp32 buffer "
+        "(partition_size, single_partition_of_fp32_groups, dtype, dp_process_group) (zero_step.py)",
     ],
     "megatron-core": [
         "tensor_parallel.random._get_cuda_rng_state / _set_cuda_rng_state (redirected on CPU by cpu_compat)",

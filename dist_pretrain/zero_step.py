@@ -32,6 +32,18 @@ DeepSpeed's step skips the update on a non-finite norm whenever ``check_grad_ove
   bit for bit (x/1 = x, and the add into the partition's dtype is the one DeepSpeed makes):
   ``tests/test_zero_step.py`` compares with DeepSpeed's path; the equivalence tests with DP=2.
 
+* ``kept_fp32_gradient_cast`` (bf16 on CPU): DeepSpeed's step casts each sub-group's bf16
+  gradient partition to a new fp32 tensor (``flat_grad_partition.to(fp32)``) for AdamW. The
+  largest sub-group is at least the largest parameter (the benchmark GPT's 25.8M-element
+  embedding: 103 MB); glibc serves an allocation over 32 MB with a fresh ``mmap``, so that
+  cast paid its page faults on every step (profiled: ~30 ms of a 113 ms engine step, where
+  the same cast into a kept buffer takes ~5 ms). At DP=1 the cast now goes into one fp32
+  buffer the size of the largest sub-group, kept between steps: on a GPU, PyTorch's caching
+  allocator keeps that block reserved the same way, so the buffer is only installed on CPU.
+  Not at DP>1, where ZeRO-2 promises partitioned gradients between steps
+  (``tests/test_zero_memory.py`` counts a kept buffer as gradient bytes). The values are the
+  same bit for bit (the same exact bf16 -> fp32 cast).
+
 Each touches DeepSpeed internals listed in ``dist_pretrain.versions.INTERNALS``.
 """
 
@@ -167,4 +179,35 @@ def single_rank_reduction(zero_optimizer) -> bool:
     opt.contiguous_gradients = False  # read at each reduction: gradients stay in param.grad
     opt._buffered_reduce_fallback_preserving_fp32 = types.MethodType(add_into_partition, opt)
     opt._build_compact_grad_partition_buffer = types.MethodType(build_or_reuse, opt)
+    return True
+
+
+def kept_fp32_gradient_cast(zero_optimizer) -> bool:
+    """bf16 ZeRO-1/2 at DP=1 on CPU: cast each sub-group's gradient partition to fp32 into one kept
+    buffer (the size of the largest sub-group) instead of a fresh tensor per sub-group and step.
+
+    DeepSpeed's step calls ``_get_preflattened_grad_partition(i).to(fp32)``; returning the
+    fp32 copy already makes that ``.to`` the identity. The buffer is the AdamW ``.grad`` of one
+    sub-group at a time (DeepSpeed steps them one after another and drops ``.grad`` after each).
+    """
+    opt = zero_optimizer
+    needed = ("_get_preflattened_grad_partition", "single_partition_of_fp32_groups", "partition_size",
+              "dp_process_group")
+    if not all(hasattr(opt, name) for name in needed) or getattr(opt, "cpu_offload", True) \
+            or torch.distributed.get_world_size(group=opt.dp_process_group) != 1:
+        return False
+    master = opt.single_partition_of_fp32_groups
+    if not master or master[0].device.type != "cpu" or getattr(opt, "dtype", None) != torch.bfloat16 \
+            or master[0].dtype != torch.float32:
+        return False
+    buffer = torch.empty(max(int(n) for n in opt.partition_size), dtype=torch.float32, device=master[0].device)
+    original = opt._get_preflattened_grad_partition
+
+    def cast_into_kept_buffer(self, group_idx):
+        flat = original(group_idx)
+        if flat is None or flat.dtype == torch.float32:
+            return flat
+        return buffer[:flat.numel()].copy_(flat)
+
+    opt._get_preflattened_grad_partition = types.MethodType(cast_into_kept_buffer, opt)
     return True

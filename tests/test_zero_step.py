@@ -2,9 +2,10 @@
 
 * The grad norm's bf16 path (cast through a reused fp32 scratch) equals a norm of the whole
   gradient cast at once, bit for bit, across chunk boundaries and with inf.
-* At DP=1 (``single_rank_reduction``) a bf16 ZeRO-2 run with four micro-batches per step gives
-  the same losses and grad norms, bit for bit, as the same run through DeepSpeed's own bucket /
-  flatten / all-reduce path (the replacement switched off in that process).
+* At DP=1 (``single_rank_reduction``, and on CPU ``kept_fp32_gradient_cast``) a bf16 ZeRO-2 run
+  with four micro-batches per step gives the same losses and grad norms, bit for bit, as the
+  same run through DeepSpeed's own bucket / flatten / all-reduce path and its fresh fp32 cast of
+  each gradient partition (both replacements switched off in that process).
 """
 
 import json
@@ -41,14 +42,15 @@ def test_squared_norm_equals_the_norm_of_a_whole_fp32_copy(numel, dtype):
     assert squared_norm(g).isinf()
 
 
-# argv: "ours" | "deepspeed", a file that records whether the DP=1 path was installed, train args
+# argv: "ours" | "deepspeed", a file that records whether each replacement was installed, train args
 RUN = """
 import json, sys
 import dist_pretrain.engine as engine
 from dist_pretrain.cli import main
 which, marker, used = sys.argv[1], sys.argv[2], []
-original = engine.single_rank_reduction
-engine.single_rank_reduction = lambda opt: used.append(original(opt) if which == "ours" else False)
+for name in ("single_rank_reduction", "kept_fp32_gradient_cast"):
+    original = getattr(engine, name)
+    setattr(engine, name, lambda opt, original=original: used.append(original(opt) if which == "ours" else False))
 code = main(["train", *sys.argv[3:]])
 json.dump(used, open(marker, "w"))
 sys.exit(code)
@@ -71,7 +73,7 @@ def run(tmp_path: Path, which: str) -> tuple[list[dict], list[bool]]:
 def test_single_rank_reduction_equals_deepspeeds_path_bf16_zero2_four_microbatches(tmp_path):
     ours, installed = run(tmp_path, "ours")
     deepspeed, not_installed = run(tmp_path, "deepspeed")
-    assert installed == [True] and not_installed == [False]
+    assert installed == [True, True] and not_installed == [False, False]
     keys = ["train/loss", "train/grad_norm"]
     assert len(ours) == len(deepspeed) == 3
     assert [[r[k] for k in keys] for r in ours] == [[r[k] for k in keys] for r in deepspeed]
