@@ -38,7 +38,7 @@ def test_table_without_validation_reports_the_final_test(tmp_path, capsys):
 def test_table_with_validation_keeps_the_best_validation_value(tmp_path, capsys):
     for arm, value in (("pretrained", 0.5), ("scratch", 0.375)):
         write_run(tmp_path / f"{arm}-1", {"val/rouge_l": value, "val/best_rouge_l": value, "test/rouge_l": value / 2})
-    out = table(capsys, tmp_path)
+    out = table(capsys, tmp_path, "train.epochs=2")
     assert any("2 epochs, validation every 100 steps and at each epoch end" in line for line in out)
     assert "| init | val/best_rouge_l | test/rouge_l |" in out
     assert "| pretrained | 0.5000 | 0.2500 |" in out

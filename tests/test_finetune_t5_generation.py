@@ -125,7 +125,7 @@ def test_text2text_validation_generation_equals_transformers_generate(t5_text2te
                       "train.epochs=null", "train.steps=1", "train.warmup_steps=0", "train.decay=linear",
                       "train.lr=1e-3", "train.min_lr=0.0", "train.weight_decay=0.0", "train.eval_interval=1",
                       "train.micro_batch_size=2", "train.global_batch_size=4", "train.log_interval=1",
-                      "train.threads=1", "monitor.peak_tflops=1", f"parallel.pipeline={pipeline}",
+                      "train.threads=1", "train.precision=fp32", "monitor.peak_tflops=1", f"parallel.pipeline={pipeline}",
                       f"parallel.tensor={tensor}", f"parallel.zero_stage={zero}", "--nproc", str(tensor * pipeline)],
                      400, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
