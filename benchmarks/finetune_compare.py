@@ -7,7 +7,9 @@ random initialisation, same config and steps, over several seeds; prints a Markd
 Each run is ``launchers/torchrun.sh CONFIG seed=S run_dir=ROOT/{pretrained,scratch}-S``,
 the scratch runs with ``checkpoint.init_from=null``; ``seed`` seeds the new head (and,
 from scratch, every weight), the dropout and the epoch order. A run already finished in
-its run_dir (history.jsonl reaching train.steps) is read, not repeated. Reported per run:
+its run_dir (history.jsonl reaching train.steps) is read, not repeated, if it was trained with
+the config this call would use; a finished run of another config (other overrides) is an
+error before anything runs, naming the keys that differ. Reported per run:
 the best validation value of the config's ``task.best_metric`` and the test metrics of that
 checkpoint; then mean ± std (sample std, n - 1) per arm, and the pretraining budget
 (steps x global batch x sequence length of the checkpoint fine-tuning started from).
@@ -110,6 +112,26 @@ def pretraining_budget(init_from: str | None) -> str:
             f"{cfg['model']['seq_length']} tokens = {tokens:,} tokens{at}")
 
 
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def config_differences(run_dir: Path, wanted) -> list[str]:
+    """``key: X there, Y now`` for each setting of the finished run in ``run_dir`` that differs
+    from ``wanted`` (the Config this call would train it with). Values the trainer fills in at
+    start (``train.steps`` from ``train.epochs``, label names from the data: None in ``wanted``)
+    are not compared."""
+    meta = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip() / "meta.json"
+    there = _flat(json.loads(meta.read_text())["config"])
+    now = _flat(wanted.model_dump(mode="json"))
+    skip = {"train.steps"} if wanted.train.epochs else set()
+    return [f"{key}: {there.get(key)!r} there, {value!r} now" for key, value in now.items()
+            if value is not None and key not in skip and there.get(key) != value]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("config")
@@ -128,6 +150,16 @@ def main(argv=None) -> int:
     metric = cfg.task.best_metric or {"classification": "accuracy", "text_to_text": "rouge_l"}[cfg.task.name]
     root = Path(args.root or cfg.run_dir)
     arms = {"pretrained": [], "scratch": ["checkpoint.init_from=null"]}
+    for seed in args.seeds:  # a finished run of another config would be reported as this one's
+        for arm, extra in arms.items():
+            run_dir = root / f"{arm}-{seed}"
+            if _finished(run_dir):
+                wanted = _config(args.config, [*args.overrides, f"seed={seed}", *extra, f"run_dir={run_dir}"])
+                differ = config_differences(run_dir, wanted)
+                if differ:
+                    print(f"error: {run_dir} holds a finished run of another config ({'; '.join(differ)}); "
+                          f"give another run_dir=DIR (or --root DIR), or remove {run_dir}", file=sys.stderr)
+                    return 2
     seconds = {}
     for seed in args.seeds:
         for arm, extra in arms.items():

@@ -56,3 +56,28 @@ def test_a_bad_override_is_one_error_line_before_any_run(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [line for line in err if line.startswith("error: ")] and "train.stepz" in err[0]
     assert "Traceback" not in "".join(err) and not list(tmp_path.iterdir())
+
+
+def write_finished(run_dir: Path, overrides: list[str]) -> None:
+    """A finished run as the trainer leaves it: history to train.steps, checkpoints/latest, meta.json."""
+    write_run(run_dir, {"val/rouge_l": 0.5, "val/best_rouge_l": 0.5, "test/rouge_l": 0.25})
+    cfg = load_config(CONFIG, [*overrides, f"run_dir={run_dir}"]).model_dump(mode="json")
+    cfg["train"]["steps"] = 2  # what the trainer saves: the steps it resolved from train.epochs
+    (run_dir / "checkpoints" / "step-00000002").mkdir(parents=True)
+    (run_dir / "checkpoints" / "step-00000002" / "meta.json").write_text(json.dumps({"config": cfg}))
+    (run_dir / "checkpoints" / "latest").write_text("step-00000002")
+
+
+def test_finished_runs_are_reused_only_for_the_same_config(tmp_path, capsys, monkeypatch):
+    """A rerun with other overrides must not report the old runs as its own (demo.sh reruns in
+    the same run_dir): one error line naming the key, before anything trains."""
+    for arm, extra in (("pretrained", []), ("scratch", ["checkpoint.init_from=null"])):
+        write_finished(tmp_path / f"{arm}-1", ["seed=1", *extra])
+    trained = []
+    monkeypatch.setattr("benchmarks.finetune_compare.subprocess.run", lambda *a, **k: trained.append(a))
+    assert main([CONFIG, "--root", str(tmp_path), "--seeds", "1"]) == 0  # the same config: read, not rerun
+    assert "| pretrained | 0.5000 | 0.2500 |" in capsys.readouterr().out and not trained
+    assert main([CONFIG, "train.lr=3e-4", "--root", str(tmp_path), "--seeds", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "train.lr: 0.001 there, 0.0003 now" in err[0]
+    assert not trained
