@@ -37,12 +37,16 @@ class SavedCounter:
         self.bytes = {"layers": 0, "between layers": 0, "outside": 0}
         self.region = "outside"
         self.depth = 0
-        block = model.decoder
-        block.register_forward_pre_hook(lambda *_: self._enter("between layers"))
-        block.register_forward_hook(lambda *_: self._enter("outside"))
-        for layer in block.layers:
-            layer.register_forward_pre_hook(lambda *_: self._enter("layers"))
-            layer.register_forward_hook(lambda *_: self._enter("between layers"))
+        # GPT / BERT: ``decoder`` is the stack; T5: ``encoder`` and ``decoder`` (one of them on a
+        # pipeline stage that holds only the other's layers)
+        for block in (getattr(model, name, None) for name in ("encoder", "decoder")):
+            if block is None:
+                continue
+            block.register_forward_pre_hook(lambda *_: self._enter("between layers"))
+            block.register_forward_hook(lambda *_: self._enter("outside"))
+            for layer in block.layers:
+                layer.register_forward_pre_hook(lambda *_: self._enter("layers"))
+                layer.register_forward_hook(lambda *_: self._enter("between layers"))
 
     def _enter(self, region: str) -> None:
         self.region = region
@@ -64,12 +68,12 @@ def saved_bytes(size: GPTSize, precision: str, recompute: str, dropout: float = 
 
 def count_saved(trainer) -> dict:
     """Bytes of the storages one micro-batch's forward (loss included) saves for backward on
-    this rank, by region (a GPT-style model: its layers are ``decoder.layers``)."""
+    this rank, by region (the layers of ``decoder.layers`` and, for T5, ``encoder.layers``)."""
     # on CPU megatron's dropout RNG fork is the CPU generator itself and says so once per layer
     logging.getLogger("megatron.core.tensor_parallel.random").setLevel(logging.ERROR)
     chunk = trainer.engine.model_chunks[0]
     model = chunk.module
-    while not hasattr(model, "decoder"):  # DeepSpeed / Float16Module / DDP wrappers
+    while not (hasattr(model, "decoder") or hasattr(model, "encoder")):  # DeepSpeed / Float16Module / DDP wrappers
         model = model.module
     params = {p.untyped_storage().data_ptr() for p in chunk.parameters()}
     counter = SavedCounter(model, params)

@@ -24,6 +24,7 @@ from benchmarks.memory import RELEASE_PARAMS
 SIZE = GPTSize(layers=2, hidden=128, heads=4, seq=64, vocab=2048, micro_batch=2)
 LLAMA = ["model.position_embedding=rope", "model.normalization=rmsnorm", "model.bias=false",
          "model.num_query_groups=2", "model.activation=swiglu", "model.ffn_hidden_size=320"]
+T5 = ["model.arch=t5", "task.name=span_corruption", "model.decoder_seq_length=32"]
 # name -> (kind, precision, ZeRO stage, overrides); 2 processes each
 CASES = {
     "fp32 ZeRO-1 DP2": ("memory", "fp32", 1, []),
@@ -36,6 +37,10 @@ CASES = {
     "activations fp32 TP2 recompute": ("activations", "fp32", 1, ["parallel.tensor=2", "model.recompute=full"]),
     "activations bf16 TP2 dropout 0.1": ("activations", "bf16", 1, ["parallel.tensor=2", "model.hidden_dropout=0.1",
                                                                       "model.attention_dropout=0.1"]),
+    # encoder at seq 64, decoder at 32 with cross-attention (dist_pretrain/activation_memory.py)
+    "activations bf16 T5 TP2": ("activations", "bf16", 1, ["parallel.tensor=2"] + T5),
+    "activations fp32 T5 TP2 relative bias": ("activations", "fp32", 1,
+                                               ["parallel.tensor=2", "model.position_embedding=relative"] + T5),
 }
 
 
@@ -110,7 +115,8 @@ def main() -> None:
     print(f"Machine: {json.dumps(machine())}")
     print(f"Command: python -m benchmarks.plan_check {' '.join(sys.argv[1:])}")
     print(f"GPT {SIZE.layers} x {SIZE.hidden}, {SIZE.heads} heads, seq {SIZE.seq}, vocab {SIZE.vocab}, "
-          f"micro-batch {SIZE.micro_batch}, 2 processes\n")
+          f"micro-batch {SIZE.micro_batch}, 2 processes (T5 cases: {SIZE.layers} + {SIZE.layers} layers, "
+          f"decoder seq 32)\n")
     print(table(rows(results)))
 
 

@@ -39,6 +39,7 @@ from dist_pretrain.config import (
     load_config,
     padded_vocab_size,
 )
+from dist_pretrain.activation_memory import stage_activations
 from dist_pretrain.errors import ConfigError, UserError, report_user_error
 
 GiB = 2**30
@@ -124,65 +125,6 @@ def model_state_bytes(psi: int, dp: int, stage: int, precision: str, ds: dict | 
     return {"params": params, "grads": grads, "optimizer": optimizer, "buckets": bucket, "host": host}
 
 
-# --------------------------------------------------------------------------- activations
-
-
-def norm_bytes(cfg: Config) -> float:
-    """Bytes per token one norm saves besides its input: LayerNorm its mean and rstd; torch's
-    RMSNorm (megatron's fallback without Apex) its rstd and the normalised input before the
-    weight, plus a fp32 copy of the input under bf16 (measured)."""
-    e = 2 if cfg.train.precision == "bf16" else 4
-    if cfg.model.normalization == "rmsnorm":
-        return e + cfg.model.hidden_size * e + (4 * cfg.model.hidden_size if e == 2 else 0)
-    return 2 * e
-
-
-def layer_activation_bytes(cfg: Config, tp: int, micro_batch: int, seq: int) -> float:
-    """Bytes one transformer layer saves for backward for one micro-batch on one TP rank:
-    16 sbh values for a plain GPT layer at TP1 (``memory.flash_no_dropout_layer_bytes``,
-    validated by ``benchmarks/activations.py``); in general the two norm inputs and the QKV and
-    fc1 inputs (whole on every TP rank) and, split over TP, Q K V (K and V expanded to every
-    head under GQA), the attention output and the MLP's inner tensors (2 ffn; 5 ffn gated);
-    the norms' statistics, the fused attention's fp32 log-sum-exp; rotary embeddings add the
-    rotated Q and K and their cos / sin tables; hidden dropout two e-byte tensors per layer;
-    attention dropout makes SDPA take its unfused path, (14 + e/2) bytes per score. Each
-    feature was measured on its own against saved tensors (``benchmarks.activations``)."""
-    m = cfg.model
-    e = 2 if cfg.train.precision == "bf16" else 4
-    h, a = m.hidden_size, m.num_attention_heads
-    kv = h * (m.num_query_groups or a) // a
-    tokens = micro_batch * seq
-    gated = m.activation in ("swiglu", "geglu")
-    split = 3 * h + h + (5 if gated else 2) * m.ffn + (h + kv if m.position_embedding == "rope" else 0)
-    total = tokens * (e * (4 * h + split / tp) + 2 * norm_bytes(cfg)) + 4 * a * tokens / tp
-    if m.position_embedding == "rope":
-        total += 4 * seq * (h // a) * e
-    if m.hidden_dropout > 0:  # measured: two e-byte tensors per layer
-        total += 2 * tokens * h * e
-    if m.attention_dropout > 0:  # SDPA's unfused path: s x s scores, softmax, mask, output; no LSE (measured)
-        total += ((14 + e / 2) * a * seq * seq * micro_batch - 4 * a * tokens) / tp
-    return total
-
-
-def micro_batch_activations(cfg: Config, tp: int, layers: int, first: bool, last: bool,
-                            vocab: int) -> dict[str, float]:
-    """Activation bytes of one micro-batch on a stage holding ``layers`` layers: ``saved`` at the
-    end of its forward and ``peak`` during its backward (recomputation re-runs one layer)."""
-    m = cfg.model
-    e = 2 if cfg.train.precision == "bf16" else 4
-    b, s, h = cfg.train.micro_batch_size, m.seq_length, m.hidden_size
-    layer = layer_activation_bytes(cfg, tp, b, s)
-    recompute = m.recompute != "none"
-    stack = layers * (s * b * h * e if recompute else layer)
-    outside = 0.0
-    if last:  # final norm input and its own, output-layer input, fp32 logits kept by the loss, labels
-        outside += s * b * (2 * h * e + norm_bytes(cfg) + 4 * vocab / tp + 16)
-    if first:  # token and position ids
-        outside += 8 * s * b
-    saved = stack + outside
-    return {"saved": saved, "peak": saved + (layer if recompute and layers else 0.0), "per_layer": layer}
-
-
 def in_flight(layout: Layout, stage: int) -> float:
     """Micro-batches (in units of the stage's whole layer stack) whose activations a stage holds
     at once: 1 without pipelining, min(m, p - stage) with 1F1B, megatron's interleaved warm-up
@@ -235,15 +177,12 @@ def make_plan(cfg: Config, world: int, vocab: int, params_cache: dict | None = N
     from dist_pretrain.zero_memory import sub_group_sizes
 
     ds = deepspeed_config(cfg, layout.dp, layout.micro_batches) if cfg.parallel.zero_stage else {}
-    per_stage_layers = cfg.model.num_layers // layout.pp
-    if cfg.model.arch == "t5" and layout.pp == 1:
-        per_stage_layers = cfg.model.num_layers + (cfg.model.encoder_num_layers or cfg.model.num_layers)
     stages = []
     for stage, psi in enumerate(counts):
         states = model_state_bytes(psi, layout.dp, cfg.parallel.zero_stage, cfg.train.precision, ds,
                                    cfg.parallel.offload_optimizer, cfg.parallel.offload_params, groups[stage],
                                    split_groups=len({len(sub_group_sizes(g)) for g in groups}) == 1)
-        act = micro_batch_activations(cfg, layout.tp, per_stage_layers, stage == 0, stage == layout.pp - 1, padded)
+        act = stage_activations(cfg, layout.tp, layout.pp, stage, padded)
         flight = in_flight(layout, stage)
         activations = act["peak"] + (flight - 1) * act["saved"]
         device = states["params"] + states["grads"] + states["optimizer"] + states["buckets"] + activations
@@ -349,10 +288,7 @@ def report(plan: Plan, peak_tflops: float, memory_gib: float, mfu: float, gpu: s
 def _mb(plan: Plan, recompute: str) -> float:
     model = plan.cfg.model.model_copy(update={"recompute": recompute})
     cfg = plan.cfg.model_copy(update={"model": model})
-    stage = plan.worst["stage"]
-    layers = plan.cfg.model.num_layers // plan.layout.pp
-    return micro_batch_activations(cfg, plan.layout.tp, layers, stage == 0, stage == plan.layout.pp - 1,
-                                   plan.vocab)["peak"]
+    return stage_activations(cfg, plan.layout.tp, plan.layout.pp, plan.worst["stage"], plan.vocab)["peak"]
 
 
 def main(argv: list[str]) -> int:
