@@ -101,3 +101,27 @@ def test_head_lr_is_accepted_where_the_engines_support_it(layout):
 def test_classification_needs_labelled_data():
     cfg = load_config("configs/bert/tiny.yaml", ["task.name=classification"])
     assert any("task.name=classification reads one labelled dataset" in e for e in check(cfg, 1).errors)
+
+
+def test_text_scores_report_rouge_exact_match_and_the_share_of_distinct_outputs():
+    """A model that answers every input of a task with the same phrase still scores ROUGE-L;
+    ``distinct_outputs`` (overall and per task prefix) shows the collapse."""
+    from dist_pretrain.tasks.text_to_text import text_scores
+
+    class Words:  # ids are indices into a word list
+        words = ["in", "a", "manner", "History", "of", "the", "city"]
+
+        def decode(self, ids):
+            return " ".join(self.words[i] for i in ids)
+
+    records = [{"input": "define: quickly", "target": "in a quick manner"},
+               {"input": "define: slowly", "target": "in a slow manner"},
+               {"input": "summarize: The city was founded ...", "target": "History of the city"},
+               {"input": "summarize: Its river ...", "target": "Geography"}]
+    generated = {0: [0, 1, 2], 1: [0, 1, 2], 2: [3, 4, 5, 6], 3: [3]}
+    metrics, rows = text_scores(records, generated, Words())
+    assert [r["prediction"] for r in rows] == ["in a manner", "in a manner", "History of the city", "History"]
+    assert metrics["distinct_outputs"] == 3 / 4
+    assert metrics["define/distinct_outputs"] == 1 / 2 and metrics["summarize/distinct_outputs"] == 1.0
+    assert metrics["summarize/exact_match"] == 1 / 2 and metrics["define/exact_match"] == 0.0
+    assert metrics["define/rouge_l"] > 0.8  # 3 of 4 words in order: the same phrase scores for both

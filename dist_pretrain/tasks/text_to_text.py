@@ -14,7 +14,9 @@ the training schedule instead, which is what ``TextToText.position`` serves: the
 input holds the tokens so far (the causal self-attention makes the positions after them
 irrelevant), the last stage takes the argmax of the vocab-parallel logits at the current
 position, and every rank learns the new tokens. Scores: exact match (after whitespace
-normalisation, case-insensitive) and ROUGE-L F1 (``rouge-score``), overall and per prefix.
+normalisation, case-insensitive) and ROUGE-L F1 (``rouge-score``), overall and per prefix,
+and the share of distinct outputs: a model that answers every ``define:`` with the same
+generic phrase still scores some ROUGE-L, and ``distinct_outputs`` says so.
 """
 
 from __future__ import annotations
@@ -110,12 +112,14 @@ def text_scores(records: list[dict], generated: dict[int, list[int]], tok) -> tu
         em = float(_normal(text) == _normal(record["target"]))
         rouge = scorer.score(record["target"], text)["rougeL"].fmeasure
         prefix = record["input"].split(":", 1)[0] if ":" in record["input"] else "-"
-        by_prefix.setdefault(prefix, []).append((em, rouge))
+        by_prefix.setdefault(prefix, []).append((em, rouge, _normal(text)))
         rows.append({"index": index, **record, "prediction": text, "token_ids": list(generated[index]),
                      "exact_match": em, "rouge_l": round(rouge, 6)})
     n = max(len(rows), 1)
-    metrics = {"rouge_l": sum(r["rouge_l"] for r in rows) / n, "exact_match": sum(r["exact_match"] for r in rows) / n}
+    metrics = {"rouge_l": sum(r["rouge_l"] for r in rows) / n, "exact_match": sum(r["exact_match"] for r in rows) / n,
+               "distinct_outputs": len({_normal(r["prediction"]) for r in rows}) / n}
     for prefix, scores in sorted(by_prefix.items()):
         metrics[f"{prefix}/rouge_l"] = sum(s[1] for s in scores) / len(scores)
         metrics[f"{prefix}/exact_match"] = sum(s[0] for s in scores) / len(scores)
+        metrics[f"{prefix}/distinct_outputs"] = len({s[2] for s in scores}) / len(scores)
     return metrics, rows
