@@ -86,10 +86,14 @@ def result(run_dir: Path, metric: str) -> dict[str, float]:
     return out
 
 
-def _mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+def _mean_std(values: list[float], runs: int) -> str:
+    """mean ± std of the runs that logged the metric; ``(n of N)`` when some did not (runs of
+    an older version that lacked it); ``-`` when none did."""
+    if not values:
+        return "-"
+    text = f"{values[0]:.4f}" if len(values) == 1 else \
+        f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+    return text if len(values) == runs else f"{text} ({len(values)} of {runs})"
 
 
 def pretraining_budget(init_from: str | None) -> str:
@@ -167,7 +171,7 @@ def main(argv=None) -> int:
             if not args.report_only:
                 seconds[(arm, seed)] = run(args.config, run_dir, [*args.overrides, f"seed={seed}", *extra])
     results = {arm: [result(root / f"{arm}-{s}", metric) for s in args.seeds] for arm in arms}
-    keys = list(results["pretrained"][0])
+    keys = list(dict.fromkeys(k for arm in arms for r in results[arm] for k in r))  # every run's, in order
     budget = (f"{cfg.train.epochs} epoch{'s' * (cfg.train.epochs != 1)}" if cfg.train.epochs
               else f"{cfg.train.steps} steps")
     validation = (f"validation every {cfg.train.eval_interval} steps and at each epoch end, test at the best"
@@ -178,7 +182,7 @@ def main(argv=None) -> int:
              f"pretraining: {pretraining_budget(cfg.checkpoint.init_from)}", "",
              "| init | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for arm in arms:
-        lines.append(f"| {arm} | " + " | ".join(_mean_std([r[k] for r in results[arm]]) for k in keys) + " |")
+        lines.append(f"| {arm} | " + " | ".join(_mean_std([r[k] for r in results[arm] if k in r], len(results[arm])) for k in keys) + " |")
     lines += ["", "per seed:", ""]
     for arm in arms:
         for seed, r in zip(args.seeds, results[arm]):

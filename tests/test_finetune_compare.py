@@ -81,3 +81,14 @@ def test_finished_runs_are_reused_only_for_the_same_config(tmp_path, capsys, mon
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "train.lr: 0.001 there, 0.0003 now" in err[0]
     assert not trained
+
+
+def test_a_metric_only_some_runs_logged_is_averaged_over_those_and_says_so(tmp_path, capsys):
+    """Runs of an older version lack a newer metric: the table keeps every column and marks it."""
+    for seed, extra in ((1, {}), (2, {"test/distinct_outputs": 0.5})):
+        for arm in ("pretrained", "scratch"):
+            write_run(tmp_path / f"{arm}-{seed}", {"test/rouge_l": 0.25 * seed, **extra})
+    assert main([CONFIG, f"run_dir={tmp_path}", "train.eval_interval=0", "--seeds", "1", "2", "--report-only"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "| init | test/rouge_l | test/distinct_outputs |" in out
+    assert "| pretrained | 0.3750 ± 0.1768 | 0.5000 (1 of 2) |" in out
