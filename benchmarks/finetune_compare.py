@@ -14,8 +14,9 @@ the best validation value of the config's ``task.best_metric`` and the test metr
 checkpoint; then mean ± std (sample std, n - 1) per arm, and the pretraining budget
 (steps x global batch x sequence length of the checkpoint fine-tuning started from).
 With ``train.eval_interval=0`` a run validates never: its test metrics are those of the final
-weights, and the table says so (e.g. ``launchers/demo.sh t5-text2text train.epochs=null
-train.steps=75 train.warmup_steps=8 train.eval_interval=0``, a ~10-minute run; see the README).
+weights, and the table says so (e.g. ``launchers/demo.sh t5-text2text train.eval_interval=0``).
+A metric that only some runs logged (runs of an older version) is averaged over those and
+marked ``(n of N)``.
 """
 
 from __future__ import annotations
