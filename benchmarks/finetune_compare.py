@@ -101,9 +101,13 @@ def pretraining_budget(init_from: str | None) -> str:
     if not init_from:
         return "none"
     sys.path.insert(0, str(ROOT))
+    from dist_pretrain.errors import UserError
     from dist_pretrain.models.load import checkpoint_meta, resolve_checkpoint
 
-    directory = resolve_checkpoint(init_from)
+    try:
+        directory = resolve_checkpoint(init_from)
+    except UserError as err:  # e.g. --report-only after the pretraining run was removed
+        return f"{init_from}: not readable ({err})"
     meta = checkpoint_meta(directory)
     cfg = meta["config"]
     tokens = meta["step"] * cfg["train"]["global_batch_size"] * cfg["model"]["seq_length"]

@@ -88,7 +88,8 @@ def test_a_metric_only_some_runs_logged_is_averaged_over_those_and_says_so(tmp_p
     for seed, extra in ((1, {}), (2, {"test/distinct_outputs": 0.5})):
         for arm in ("pretrained", "scratch"):
             write_run(tmp_path / f"{arm}-{seed}", {"test/rouge_l": 0.25 * seed, **extra})
-    assert main([CONFIG, f"run_dir={tmp_path}", "train.eval_interval=0", "--seeds", "1", "2", "--report-only"]) == 0
+    assert main([CONFIG, f"run_dir={tmp_path}", "checkpoint.init_from=null", "train.eval_interval=0",
+                 "--seeds", "1", "2", "--report-only"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert "| init | test/rouge_l | test/distinct_outputs |" in out
     assert "| pretrained | 0.3750 ± 0.1768 | 0.5000 (1 of 2) |" in out
